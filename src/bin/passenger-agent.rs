@@ -1,0 +1,2 @@
+//! The passenger-agent daemon.
+fn main() {}
