@@ -1,0 +1,1223 @@
+#!/usr/bin/env python3
+"""The WSGI loader of passenger-agent.
+
+The agent starts one of these per Python application process:
+
+    python3 wsgi-loader.py          (cwd = the application root)
+
+with, in the environment, PASSENGER_APP_ROOT (absolute), PASSENGER_STARTUP_FILE
+(relative to the app root, default ``passenger_wsgi.py``) and the app's own
+variables, fd 3 = a listening Unix stream socket and fd 4 = the write end of
+the readiness pipe. The loader imports the startup file as the module
+``passenger_wsgi``, takes its ``application`` callable, reports ``READY`` (or
+``SPAWN_ERROR``) on fd 4 and then serves requests, one at a time, over the
+frame protocol of docs/protocol.md on the connections it accepts on fd 3.
+
+Only the standard library is used. See docs/wsgi.md for the environ we
+provide and the small ``passenger`` API module.
+"""
+
+import errno
+import importlib.machinery
+import importlib.util
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+import types
+
+# ---------------------------------------------------------------------------
+# The frame protocol (docs/protocol.md)
+# ---------------------------------------------------------------------------
+
+MAGIC = 0x4D50  # b'MP'
+VERSION = 1
+HEADER = struct.Struct('>HBBII')  # magic, version, type, request id, payload length
+HEADER_LEN = HEADER.size  # 12
+MAX_PAYLOAD_LEN = 1 << 20
+MAX_BODY_CHUNK = 64 * 1024
+MAX_BODY_PREFIX = 64 * 1024
+READ_BODY_SIZE = 64 * 1024
+U16 = struct.Struct('>H')
+U32 = struct.Struct('>I')
+
+HELLO = 0x01
+HELLO_OK = 0x02
+CONFIGURE = 0x03
+CONFIGURE_OK = 0x04
+REQUEST = 0x10
+BODY = 0x11
+END = 0x12
+MORE = 0x13
+READ_BODY = 0x14
+RESPONSE = 0x20
+ERROR = 0x30
+PING = 0x40
+PONG = 0x41
+STATUS = 0x50
+STATUS_REPLY = 0x51
+READY = 0x60
+SPAWN_ERROR = 0x61
+
+TYPE_NAMES = {
+    HELLO: 'HELLO', HELLO_OK: 'HELLO_OK', CONFIGURE: 'CONFIGURE',
+    CONFIGURE_OK: 'CONFIGURE_OK', REQUEST: 'REQUEST', BODY: 'BODY', END: 'END',
+    MORE: 'MORE', READ_BODY: 'READ_BODY', RESPONSE: 'RESPONSE', ERROR: 'ERROR',
+    PING: 'PING', PONG: 'PONG', STATUS: 'STATUS', STATUS_REPLY: 'STATUS_REPLY',
+    READY: 'READY', SPAWN_ERROR: 'SPAWN_ERROR',
+}
+KNOWN_TYPES = frozenset(TYPE_NAMES)
+# Types whose payload has a fixed size: checked from the header alone.
+FIXED_PAYLOAD_LEN = {
+    HELLO: 13, CONFIGURE_OK: 0, END: 0, MORE: 0, READ_BODY: 4, PING: 0, PONG: 0, READY: 4,
+}
+
+FLAG_HAS_BODY = 0x01
+FLAG_HTTPS = 0x02
+
+# ERROR codes we send. 1 is fixed by the spec; the others are HTTP statuses.
+ERROR_UNSUPPORTED_VERSION = 1
+ERROR_PROTOCOL = 400
+ERROR_APPLICATION = 500
+
+RECV_BUFFER_SIZE = 256 * 1024
+LISTEN_POLL_MS = 2000  # how often an idle loader checks that its agent lives
+
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_pack_u16 = U16.pack
+_pack_u32 = U32.pack
+_unpack_u32 = U32.unpack_from
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: answer ERROR where possible, then close.
+
+    ``kind`` names the failure as docs/protocol-vectors.json does: bad_magic,
+    bad_version, unknown_type, too_large, malformed (a payload that does not
+    decode), unexpected (a valid frame out of place) or eof (closed mid-frame).
+    """
+
+    def __init__(self, message, request_id=0, kind='malformed', code=ERROR_PROTOCOL):
+        Exception.__init__(self, message)
+        self.request_id = request_id
+        self.kind = kind
+        self.code = code
+
+
+class PeerAborted(Exception):
+    """The agent sent ERROR during a request: it gave the request up."""
+
+
+def encode_frame(ftype, request_id=0, payload=b''):
+    """One frame as bytes."""
+    if len(payload) > MAX_PAYLOAD_LEN:
+        raise ValueError('payload of %d bytes exceeds the 1 MiB limit' % len(payload))
+    return _pack_header(MAGIC, VERSION, ftype, request_id, len(payload)) + payload
+
+
+def encode_bytes(data):
+    return _pack_u32(len(data)) + data
+
+
+def encode_pairs(pairs):
+    parts = [_pack_u32(len(pairs))]
+    for name, value in pairs:
+        parts.append(_pack_u32(len(name)))
+        parts.append(name)
+        parts.append(_pack_u32(len(value)))
+        parts.append(value)
+    return b''.join(parts)
+
+
+def encode_response(request_id, status, headers):
+    """A RESPONSE frame from a WSGI status line and header list (validated)."""
+    return encode_frame(RESPONSE, request_id, _parse_status(status)[1] + _encode_headers(headers))
+
+
+def encode_error(code, message, request_id=0):
+    msg = message.encode('utf-8', 'replace')[:4096]
+    return encode_frame(ERROR, request_id, _pack_u16(code) + encode_bytes(msg))
+
+
+def check_header(buf, offset=0):
+    """Validate the 12-byte header at ``offset``; return (type, id, length).
+
+    Raises ProtocolError for a bad magic, version, type or length: all of
+    them are decided from the header alone, before any payload is read.
+    """
+    magic, version, ftype, request_id, length = _unpack_header(buf, offset)
+    if magic != MAGIC:
+        raise ProtocolError('bad magic %02x %02x: the peer does not speak the frame protocol'
+                            % (magic >> 8, magic & 0xff), kind='bad_magic')
+    if version != VERSION:
+        raise ProtocolError('unsupported protocol version', kind='bad_version',
+                            code=ERROR_UNSUPPORTED_VERSION)
+    if ftype not in KNOWN_TYPES:
+        raise ProtocolError('unknown message type 0x%02x' % ftype, request_id, 'unknown_type')
+    if length > MAX_PAYLOAD_LEN:
+        raise ProtocolError('payload of %d bytes exceeds the 1 MiB limit' % length, request_id,
+                            'too_large')
+    fixed = FIXED_PAYLOAD_LEN.get(ftype)
+    if fixed is not None and fixed != length:
+        raise ProtocolError('%s with a payload of %d bytes (it has %d)'
+                            % (TYPE_NAMES[ftype], length, fixed), request_id)
+    return ftype, request_id, length
+
+
+def parse_frame(buf):
+    """Parse one frame at the start of ``buf``.
+
+    Returns None while the frame is incomplete, else (type, request id,
+    payload, frame length); raises ProtocolError when it is invalid.
+    """
+    if len(buf) < HEADER_LEN:
+        return None
+    ftype, request_id, length = check_header(buf)
+    if len(buf) < HEADER_LEN + length:
+        return None
+    return ftype, request_id, bytes(buf[HEADER_LEN:HEADER_LEN + length]), HEADER_LEN + length
+
+
+def _skip_pairs(payload, off, end):
+    """Validate ``pairs`` at ``off`` without decoding them; return the offset after."""
+    unpack = _unpack_u32
+    try:
+        count = unpack(payload, off)[0]
+        off += 4
+        if count > (end - off) >> 3:  # every pair needs at least 8 bytes
+            raise ProtocolError('pair count %d exceeds the payload' % count)
+        for _ in range(count):
+            name_end = off + 4 + unpack(payload, off)[0]
+            off = name_end + 4 + unpack(payload, name_end)[0]
+            if off > end:
+                raise ProtocolError('pair length exceeds the payload')
+    except struct.error:
+        raise ProtocolError('truncated pairs')
+    return off
+
+
+def _decode_pairs(payload, text, off, end, into):
+    """Decode ``pairs`` at ``off`` into the empty dict ``into``; return the offset after.
+
+    Names and values are str slices of ``text``, which is ``payload``
+    decoded as latin-1 once: latin-1 maps byte i to code point i, so byte
+    offsets are string offsets. The hot loop checks nothing: the count is
+    bounded by the payload size first, an offset past the buffer makes
+    unpack_from raise struct.error, and the end offset is checked after the
+    loop (a short slice of a lying length is thrown away with the dict).
+    """
+    unpack = _unpack_u32
+    try:
+        count = unpack(payload, off)[0]
+        start = off = off + 4
+        if count > (end - off) >> 3:  # every pair needs at least 8 bytes
+            raise ProtocolError('pair count %d exceeds the payload' % count)
+        for _ in range(count):
+            name_start = off + 4
+            name_end = name_start + unpack(payload, off)[0]
+            value_start = name_end + 4
+            off = value_start + unpack(payload, name_end)[0]
+            into[text[name_start:name_end]] = text[value_start:off]
+    except struct.error:
+        raise ProtocolError('truncated pairs')
+    if off > end:
+        raise ProtocolError('pair length exceeds the payload')
+    if len(into) != count:
+        # A name was repeated (rare): decode again, joining repeated request
+        # headers into one CGI variable; for other names the last one wins.
+        into.clear()
+        off = start
+        for _ in range(count):
+            name_start = off + 4
+            name_end = name_start + unpack(payload, off)[0]
+            value_start = name_end + 4
+            off = value_start + unpack(payload, name_end)[0]
+            name = text[name_start:name_end]
+            if name in into and name[:5] == 'HTTP_':
+                into[name] = into[name] + ('; ' if name == 'HTTP_COOKIE' else ', ') \
+                    + text[value_start:off]
+            else:
+                into[name] = text[value_start:off]
+    return off
+
+
+def decode_request(payload):
+    """REQUEST payload -> (flags, environ dict of latin-1 str). Options are skipped.
+
+    A request header sent twice (two HTTP_X pairs) becomes one variable with
+    the values joined by ', ' ('; ' for HTTP_COOKIE); for any other name the
+    last pair wins.
+    """
+    end = len(payload)
+    if end < 1:
+        raise ProtocolError('empty REQUEST payload')
+    flags = payload[0]
+    if flags & ~(FLAG_HAS_BODY | FLAG_HTTPS):
+        raise ProtocolError('unknown REQUEST flags 0x%02x' % flags)
+    text = payload.decode('latin-1')
+    env = {}
+    off = _skip_pairs(payload, 1, end)  # options: validated, ignored
+    off = _decode_pairs(payload, text, off, end, env)
+    if off != end:
+        raise ProtocolError('%d trailing bytes after the REQUEST payload' % (end - off))
+    return flags, env
+
+
+def decode_error(payload):
+    """ERROR payload -> (code, message str); the message must be UTF-8."""
+    if len(payload) < 6:
+        raise ProtocolError('truncated ERROR payload')
+    code = U16.unpack_from(payload, 0)[0]
+    n = _unpack_u32(payload, 2)[0]
+    if 6 + n != len(payload):
+        raise ProtocolError('bad ERROR message length')
+    try:
+        return code, payload[6:].decode('utf-8')
+    except UnicodeDecodeError:
+        raise ProtocolError('the ERROR message is not UTF-8')
+
+
+def decode_message(ftype, payload):
+    """Decode the payload of a message this loader receives.
+
+    REQUEST -> (flags, environ); BODY -> bytes; ERROR -> (code, message);
+    READ_BODY -> int; END, MORE, PING, PONG -> None. Any other type is not
+    meant for an application process: ProtocolError (kind 'unexpected').
+    """
+    if ftype == REQUEST:
+        return decode_request(payload)
+    if ftype == BODY:
+        return payload
+    if ftype == ERROR:
+        return decode_error(payload)
+    if ftype in (END, MORE, PING, PONG, READ_BODY):
+        if len(payload) != FIXED_PAYLOAD_LEN[ftype]:
+            raise ProtocolError('bad %s payload length' % TYPE_NAMES[ftype])
+        return _unpack_u32(payload, 0)[0] if ftype == READ_BODY else None
+    raise ProtocolError('unexpected message type %s' % TYPE_NAMES.get(ftype, ftype),
+                        kind='unexpected')
+
+
+class Connection(object):
+    """A connection from the agent: one receive buffer, frames parsed in place."""
+
+    __slots__ = ('sock', 'buf', 'view', 'start', 'end', 'failed')
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray(RECV_BUFFER_SIZE)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        # None, or the exception that made this connection unusable.
+        self.failed = None
+
+    def read_frame(self):
+        """Return (type, request id, payload bytes); EOFError on a clean EOF."""
+        while True:
+            start = self.start
+            avail = self.end - start
+            if avail >= HEADER_LEN:
+                ftype, request_id, length = check_header(self.buf, start)
+                total = HEADER_LEN + length
+                if avail >= total:
+                    payload = bytes(self.view[start + HEADER_LEN:start + total]) if length else b''
+                    start += total
+                    if start == self.end:
+                        self.start = self.end = 0
+                    else:
+                        self.start = start
+                    return ftype, request_id, payload
+                need = total
+            else:
+                need = HEADER_LEN
+            if start + need > len(self.buf):
+                # Move the partial frame to the front; grow for a big payload.
+                if need > len(self.buf):
+                    new = bytearray(max(need, 2 * len(self.buf)))
+                    new[:avail] = self.buf[start:self.end]
+                    self.view.release()
+                    self.buf = new
+                    self.view = memoryview(new)
+                else:
+                    self.buf[:avail] = self.buf[start:self.end]
+                self.start = 0
+                self.end = avail
+            n = self.sock.recv_into(self.view[self.end:])
+            if not n:
+                if avail:
+                    raise ProtocolError('connection closed in the middle of a frame', kind='eof')
+                raise EOFError
+            self.end += n
+
+    def send(self, data):
+        if self.failed is not None:
+            raise ConnectionError('the connection to the agent is broken: %s' % (self.failed,))
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            self.failed = e
+            raise
+
+    def read_request_frame(self, request_id):
+        """Read the next frame of request ``request_id``, answering PINGs."""
+        while True:
+            ftype, rid, payload = self.read_frame()
+            if ftype == PING:
+                self.send(encode_frame(PONG, rid))
+                continue
+            if rid != request_id:
+                raise ProtocolError('frame for request %d during request %d' % (rid, request_id),
+                                    request_id)
+            if ftype == ERROR:
+                raise PeerAborted(_describe_error(payload))
+            return ftype, payload
+
+
+def _describe_error(payload):
+    try:
+        return 'ERROR %d: %s' % decode_error(payload)
+    except ProtocolError as e:
+        return 'malformed ERROR (%s)' % (e,)
+
+
+# ---------------------------------------------------------------------------
+# wsgi.input, wsgi.errors, wsgi.file_wrapper
+# ---------------------------------------------------------------------------
+
+class InputStream(object):
+    """wsgi.input: the body prefix, then BODY frames pulled with READ_BODY.
+
+    The network is only asked (READ_BODY 64 KiB) when the buffered data
+    cannot satisfy the caller; read(-1) reads to the end. A body that is
+    never read is never pulled.
+    """
+
+    __slots__ = ('_conn', '_rid', '_buf', '_pos', '_more')
+
+    def __init__(self, conn, request_id, data, more):
+        self._conn = conn
+        self._rid = request_id
+        self._buf = data
+        self._pos = 0
+        self._more = more
+
+    def _detach(self):
+        self._conn = None
+        self._buf = b''
+        self._pos = 0
+        self._more = False
+
+    def _pull(self):
+        """One READ_BODY round trip: a non-empty chunk, or b'' at the end."""
+        conn = self._conn
+        if conn is None:
+            self._more = False
+            return b''
+        try:
+            if conn.failed is not None:
+                raise ConnectionError('the connection to the agent is broken')
+            conn.send(_pack_header(MAGIC, VERSION, READ_BODY, self._rid, 4)
+                      + _pack_u32(READ_BODY_SIZE))
+            ftype, payload = conn.read_request_frame(self._rid)
+            if ftype == BODY:
+                if not payload or len(payload) > READ_BODY_SIZE:
+                    raise ProtocolError('BODY of %d bytes answering READ_BODY %d'
+                                        % (len(payload), READ_BODY_SIZE), self._rid)
+                return payload
+            if ftype == END:
+                self._more = False
+                return b''
+            raise ProtocolError('unexpected message type %s while reading the body'
+                                % TYPE_NAMES[ftype], self._rid, 'unexpected')
+        except EOFError:
+            self._fail(ConnectionResetError(
+                'the agent closed the connection during the request body'))
+        except (ProtocolError, PeerAborted, OSError) as e:
+            self._fail(e)
+
+    def _fail(self, exc):
+        self._more = False
+        if self._conn is not None and self._conn.failed is None:
+            self._conn.failed = exc
+        if isinstance(exc, OSError):
+            raise exc
+        raise IOError('error reading the request body: %s' % (exc,))
+
+    def read(self, size=-1):
+        buf = self._buf
+        pos = self._pos
+        if size is None or size < 0:
+            parts = [buf[pos:]] if pos < len(buf) else []
+            self._buf = b''
+            self._pos = 0
+            while self._more:
+                chunk = self._pull()
+                if chunk:
+                    parts.append(chunk)
+            return b''.join(parts)
+        avail = len(buf) - pos
+        if avail >= size:
+            self._pos = pos + size
+            return buf[pos:pos + size]
+        parts = [buf[pos:]] if avail else []
+        have = avail
+        self._buf = b''
+        self._pos = 0
+        while self._more:
+            chunk = self._pull()
+            if not chunk:
+                break
+            need = size - have
+            if len(chunk) >= need:
+                parts.append(chunk[:need])
+                self._buf = chunk
+                self._pos = need
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        return b''.join(parts)
+
+    def readline(self, size=-1):
+        if size is None:
+            size = -1
+        buf = self._buf
+        pos = self._pos
+        if size < 0:
+            i = buf.find(b'\n', pos)
+        else:
+            i = buf.find(b'\n', pos, pos + size)
+        if i >= 0:
+            self._pos = i + 1
+            return buf[pos:i + 1]
+        avail = len(buf) - pos
+        if size >= 0 and avail >= size:
+            self._pos = pos + size
+            return buf[pos:pos + size]
+        parts = [buf[pos:]] if avail else []
+        have = avail
+        self._buf = b''
+        self._pos = 0
+        while self._more:
+            if size >= 0 and have >= size:
+                break
+            chunk = self._pull()
+            if not chunk:
+                break
+            limit = len(chunk) if size < 0 else min(len(chunk), size - have)
+            i = chunk.find(b'\n', 0, limit)
+            if i >= 0:
+                cut = i + 1
+            elif limit < len(chunk):
+                cut = limit
+            else:
+                parts.append(chunk)
+                have += len(chunk)
+                continue
+            parts.append(chunk[:cut])
+            self._buf = chunk
+            self._pos = cut
+            break
+        return b''.join(parts)
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                break
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    next = __next__
+
+
+class ErrorStream(object):
+    """wsgi.errors: sys.stderr (the agent's log pipe), flushed after each write."""
+
+    def write(self, s):
+        stream = sys.stderr
+        n = stream.write(s)
+        stream.flush()
+        return n
+
+    def writelines(self, lines):
+        stream = sys.stderr
+        for s in lines:
+            stream.write(s)
+        stream.flush()
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class FileWrapper(object):
+    """wsgi.file_wrapper: iterate a file-like object in blocks, close() it at the end."""
+
+    def __init__(self, filelike, block_size=MAX_BODY_CHUNK):
+        self.filelike = filelike
+        self.block_size = block_size
+        if hasattr(filelike, 'close'):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        size = self.block_size
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+
+# ---------------------------------------------------------------------------
+# The response
+# ---------------------------------------------------------------------------
+
+_STATUS_RE = re.compile(r'[1-9][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*\Z')
+_bad_header_name = re.compile(r'[\x00-\x20:\x7f]').search
+_bad_header_value = re.compile(r'[\r\n\x00]').search
+_status_cache = {}
+_header_cache = {}
+
+ERROR_PAGE = (b'<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>'
+              b'<body><h1>500 Internal Server Error</h1></body></html>\n')
+
+
+def _parse_status(status):
+    """'200 OK' -> (200, encoded u16 status + bytes reason)."""
+    try:
+        return _status_cache[status]
+    except (KeyError, TypeError):
+        pass
+    if type(status) is not str:
+        raise TypeError('the status must be a str like "200 OK", not %s' % type(status).__name__)
+    if _STATUS_RE.match(status) is None:
+        raise ValueError('invalid status %r: it must look like "200 OK"' % (status,))
+    try:
+        reason = status[4:].encode('latin-1')
+    except UnicodeEncodeError:
+        raise ValueError('the status %r is not latin-1 encodable' % (status,))
+    code = int(status[:3])
+    result = (code, _pack_u16(code) + _pack_u32(len(reason)) + reason)
+    if len(_status_cache) < 256:
+        _status_cache[status] = result
+    return result
+
+
+def _encode_header(item):
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TypeError('each header must be a (name, value) tuple, not %r' % (item,))
+    name, value = item
+    if type(name) is not str or type(value) is not str:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError('header names and values must be str: %r' % (item,))
+    if not name or _bad_header_name(name):
+        raise ValueError('invalid header name %r' % (name,))
+    if _bad_header_value(value):
+        raise ValueError('invalid character (CR, LF or NUL) in the value of header %r' % (name,))
+    try:
+        nb = name.encode('latin-1')
+        vb = value.encode('latin-1')
+    except UnicodeEncodeError:
+        raise ValueError('header %r is not latin-1 encodable' % (item,))
+    return b''.join((_pack_u32(len(nb)), nb, _pack_u32(len(vb)), vb))
+
+
+def _encode_headers(headers):
+    if not isinstance(headers, (list, tuple)):
+        raise TypeError('the response headers must be a list of (name, value) tuples, not %s'
+                        % type(headers).__name__)
+    parts = [_pack_u32(len(headers))]
+    cache = _header_cache
+    for item in headers:
+        try:
+            enc = cache[item]
+        except (KeyError, TypeError):
+            enc = _encode_header(item)
+            if type(item) is tuple and len(enc) < 512:
+                if len(cache) >= 4096:
+                    cache.clear()
+                cache[item] = enc
+        parts.append(enc)
+    return b''.join(parts)
+
+
+class Responder(object):
+    """start_response(), write() and the sending of one request's response."""
+
+    __slots__ = ('conn', 'rid', 'head', 'status', 'status_bytes', 'headers', 'sent', 'done')
+
+    def __init__(self, conn, request_id, head):
+        self.conn = conn
+        self.rid = request_id
+        self.head = head  # a HEAD request: send no body bytes
+        self.status = None
+        self.status_bytes = None
+        self.headers = None
+        self.sent = False
+        self.done = False  # the request is over: write() must not touch the connection
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError(
+                'start_response() was already called (pass exc_info to call it again)')
+        status_bytes = _parse_status(status)[1]
+        encoded = _encode_headers(headers)
+        self.status = status
+        self.status_bytes = status_bytes
+        self.headers = encoded
+        return self.write
+
+    def _head(self):
+        """The RESPONSE frame, as a list of parts to join; marks the headers sent."""
+        if self.status is None:
+            raise RuntimeError('the application did not call start_response()')
+        n = len(self.status_bytes) + len(self.headers)
+        if n > MAX_PAYLOAD_LEN:
+            raise ValueError('the response headers exceed the 1 MiB frame limit')
+        self.sent = True
+        return [_pack_header(MAGIC, VERSION, RESPONSE, self.rid, n),
+                self.status_bytes, self.headers]
+
+    def _send_body(self, data, parts):
+        """Send ``parts`` (maybe the RESPONSE) then ``data`` as BODY frames."""
+        n = len(data)
+        rid = self.rid
+        if n <= MAX_BODY_CHUNK:
+            parts.append(_pack_header(MAGIC, VERSION, BODY, rid, n))
+            parts.append(data)
+            self.conn.send(b''.join(parts))
+            return
+        view = memoryview(data)
+        for i in range(0, n, MAX_BODY_CHUNK):
+            piece = view[i:i + MAX_BODY_CHUNK]
+            parts.append(_pack_header(MAGIC, VERSION, BODY, rid, len(piece)))
+            parts.append(piece)
+            if len(parts) >= 16:
+                self.conn.send(b''.join(parts))
+                parts = []
+        if parts:
+            self.conn.send(b''.join(parts))
+
+    def write(self, data):
+        """The PEP 3333 write() callable: send now (headers first)."""
+        if type(data) is not bytes:
+            raise TypeError('write() takes bytes, not %s' % type(data).__name__)
+        if self.status is None:
+            raise AssertionError('write() called before start_response()')
+        if self.done:
+            raise RuntimeError('write() called after the response was complete')
+        parts = [] if self.sent else self._head()
+        if data and not self.head:
+            self._send_body(data, parts)
+        elif parts:
+            self.conn.send(b''.join(parts))
+
+    def send_chunk(self, chunk):
+        """One chunk of the returned iterable, streamed at once."""
+        if type(chunk) is not bytes:
+            raise TypeError('the response body must yield bytes, not %s' % type(chunk).__name__)
+        if not chunk:
+            return
+        parts = [] if self.sent else self._head()
+        if not self.head:
+            self._send_body(chunk, parts)
+        elif parts:
+            self.conn.send(b''.join(parts))
+
+    def send_sequence(self, seq):
+        """A list/tuple body: RESPONSE, the BODYs and END in as few sends as possible."""
+        rid = self.rid
+        for chunk in seq:
+            if type(chunk) is not bytes:
+                raise TypeError('the response body must contain bytes, not %s'
+                                % type(chunk).__name__)
+        parts = [] if self.sent else self._head()
+        if not self.head:
+            size = 0
+            for chunk in seq:
+                n = len(chunk)
+                if not n:
+                    continue
+                if n > MAX_BODY_CHUNK or size + n > 4 * MAX_BODY_CHUNK:
+                    self._send_body(chunk, parts)
+                    parts = []
+                    size = 0
+                    continue
+                parts.append(_pack_header(MAGIC, VERSION, BODY, rid, n))
+                parts.append(chunk)
+                size += n
+        parts.append(_pack_header(MAGIC, VERSION, END, rid, 0))
+        self.conn.send(b''.join(parts))
+
+    def finish(self):
+        parts = [] if self.sent else self._head()
+        parts.append(_pack_header(MAGIC, VERSION, END, self.rid, 0))
+        self.conn.send(b''.join(parts))
+
+    def fail(self, exc, environ):
+        """The application failed: 500 before the headers, ERROR after them."""
+        conn = self.conn
+        if conn.failed is not None:
+            log('request %s %s aborted: %s' % (environ.get('REQUEST_METHOD'),
+                                              environ.get('PATH_INFO'), conn.failed))
+            return
+        log_exception('error while serving %s %s%s (%s)' % (
+            environ.get('REQUEST_METHOD'), environ.get('SCRIPT_NAME', ''),
+            environ.get('PATH_INFO', ''),
+            'before the response headers were sent' if not self.sent
+            else 'after the response headers were sent'), exc)
+        rid = self.rid
+        try:
+            if not self.sent:
+                self.sent = True
+                headers = _encode_headers([('Content-Type', 'text/html; charset=utf-8'),
+                                           ('Content-Length', str(len(ERROR_PAGE)))])
+                status = _parse_status('500 Internal Server Error')[1]
+                parts = [_pack_header(MAGIC, VERSION, RESPONSE, rid, len(status) + len(headers)),
+                         status, headers]
+                if not self.head:
+                    parts.append(_pack_header(MAGIC, VERSION, BODY, rid, len(ERROR_PAGE)))
+                    parts.append(ERROR_PAGE)
+                parts.append(_pack_header(MAGIC, VERSION, END, rid, 0))
+                conn.send(b''.join(parts))
+            else:
+                conn.send(encode_error(ERROR_APPLICATION, 'the application failed after the '
+                                       'response headers were sent: %s' % _one_line(exc), rid))
+        except OSError:
+            pass  # conn.failed is set: the connection is dropped
+
+
+# ---------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------
+
+BASE_ENVIRON = {
+    'REQUEST_METHOD': 'GET',
+    'SCRIPT_NAME': '',
+    'PATH_INFO': '',
+    'QUERY_STRING': '',
+    'SERVER_NAME': 'localhost',
+    'SERVER_PORT': '80',
+    'SERVER_PROTOCOL': 'HTTP/1.0',
+    'wsgi.version': (1, 0),
+    'wsgi.url_scheme': 'http',
+    'wsgi.errors': ErrorStream(),
+    'wsgi.multithread': False,
+    'wsgi.multiprocess': True,
+    'wsgi.run_once': False,
+    'wsgi.input_terminated': True,
+    'wsgi.file_wrapper': FileWrapper,
+}
+
+
+class State(object):
+    busy = False  # a request is being served
+    stop = False  # SIGTERM arrived while busy: exit after the request
+
+
+def build_environ(flags, env):
+    environ = BASE_ENVIRON.copy()
+    environ.update(env)
+    # PEP 3333: the body's length and type are CONTENT_*, never HTTP_CONTENT_*.
+    if 'HTTP_CONTENT_LENGTH' in env:
+        value = environ.pop('HTTP_CONTENT_LENGTH')
+        if 'CONTENT_LENGTH' not in env:
+            environ['CONTENT_LENGTH'] = value
+    if 'HTTP_CONTENT_TYPE' in env:
+        value = environ.pop('HTTP_CONTENT_TYPE')
+        if 'CONTENT_TYPE' not in env:
+            environ['CONTENT_TYPE'] = value
+    https = env.get('HTTPS')
+    if flags & FLAG_HTTPS or (https is not None and https.lower() in ('on', '1')):
+        environ['wsgi.url_scheme'] = 'https'
+        if https is None:
+            environ['HTTPS'] = 'on'
+        if 'SERVER_PORT' not in env:
+            environ['SERVER_PORT'] = '443'
+    script_name = environ['SCRIPT_NAME']
+    if script_name:
+        if script_name == '/':
+            environ['SCRIPT_NAME'] = ''
+            if not environ['PATH_INFO'].startswith('/'):
+                environ['PATH_INFO'] = '/' + environ['PATH_INFO']
+    elif not environ['PATH_INFO']:
+        environ['PATH_INFO'] = '/'
+    return environ
+
+
+def read_body_prefix(conn, request_id):
+    """The BODY frames after REQUEST, up to END or MORE -> (bytes, more)."""
+    parts = []
+    size = 0
+    while True:
+        ftype, payload = conn.read_request_frame(request_id)
+        if ftype == BODY:
+            size += len(payload)
+            if size > MAX_BODY_PREFIX:
+                raise ProtocolError('the body prefix exceeds 64 KiB', request_id)
+            parts.append(payload)
+        elif ftype == END or ftype == MORE:
+            data = parts[0] if len(parts) == 1 else b''.join(parts)
+            return data, ftype == MORE
+        else:
+            raise ProtocolError('unexpected message type %s in the body prefix'
+                                % TYPE_NAMES[ftype], request_id, 'unexpected')
+
+
+def handle_request(conn, app, request_id, payload):
+    try:
+        flags, env = decode_request(payload)
+    except ProtocolError as e:
+        e.request_id = request_id
+        raise
+    if flags & FLAG_HAS_BODY:
+        data, more = read_body_prefix(conn, request_id)
+    else:
+        data, more = b'', False
+    environ = build_environ(flags, env)
+    stream = InputStream(conn, request_id, data, more)
+    environ['wsgi.input'] = stream
+    r = Responder(conn, request_id, environ['REQUEST_METHOD'] == 'HEAD')
+    result = None
+    try:
+        result = app(environ, r.start_response)
+        t = type(result)
+        if t is list or t is tuple:
+            r.send_sequence(result)
+        else:
+            try:
+                send_chunk = r.send_chunk
+                for chunk in result:
+                    send_chunk(chunk)
+            finally:
+                close = getattr(result, 'close', None)
+                if close is not None:
+                    close()
+            r.finish()
+    except BaseException as exc:
+        r.fail(exc, environ)
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        r.done = True
+        stream._detach()
+
+
+def serve_connection(sock, app):
+    """Serve the requests of one persistent connection until EOF or an error."""
+    conn = Connection(sock)
+    try:
+        while True:
+            try:
+                ftype, rid, payload = conn.read_frame()
+                if ftype == REQUEST:
+                    State.busy = True
+                    try:
+                        handle_request(conn, app, rid, payload)
+                    finally:
+                        State.busy = False
+                    if conn.failed is not None:
+                        if isinstance(conn.failed, ProtocolError):
+                            raise conn.failed
+                        return
+                    if State.stop:
+                        raise SystemExit(0)
+                elif ftype == PING:
+                    conn.send(encode_frame(PONG, rid))
+                else:
+                    raise ProtocolError('unexpected message type %s' % TYPE_NAMES[ftype], rid,
+                                        'unexpected')
+            except EOFError:
+                return
+            except PeerAborted as e:
+                log('the agent aborted a request: %s' % (e,))
+                return
+            except ProtocolError as e:
+                log('protocol error, closing the connection: %s' % (e,))
+                if e.kind == 'eof':
+                    return  # the peer is gone: nobody to tell
+                try:
+                    sock.sendall(encode_error(e.code, str(e), e.request_id))
+                except OSError:
+                    pass
+                return
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ECONNRESET):
+            log('connection error: %s' % (e,))
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def serve(listener, app, parent_pid):
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    while not State.stop:
+        events = poller.poll(LISTEN_POLL_MS)
+        if not events:
+            if parent_pid > 1 and os.getppid() != parent_pid:
+                log('the agent (pid %d) is gone; exiting' % parent_pid)
+                return 0
+            continue
+        if events[0][1] & select.POLLNVAL:
+            log('the listening socket (fd 3) was closed; exiting')
+            return 1
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log('accept() failed: %s' % (e,))
+                poller.poll(100)
+                continue
+            log('the listening socket (fd 3) failed: %s; exiting' % (e,))
+            return 0 if e.errno == errno.EINVAL else 1
+        sock.setblocking(True)
+        serve_connection(sock, app)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+
+def log(message):
+    try:
+        sys.stderr.write('[wsgi-loader %d] %s\n' % (os.getpid(), message))
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _one_line(exc):
+    """'ModuleNotFoundError: No module named 'foo'' - one line for a summary."""
+    cls = type(exc)
+    name = cls.__qualname__
+    if cls.__module__ not in ('builtins', '__main__'):
+        name = '%s.%s' % (cls.__module__, name)
+    try:
+        message = str(exc).strip()
+    except Exception:
+        message = ''
+    if message:
+        return '%s: %s' % (name, message.splitlines()[0])
+    return name
+
+
+def log_exception(message, exc):
+    try:
+        text = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write('[wsgi-loader %d] %s:\n%s' % (os.getpid(), message, text))
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# The passenger API module
+# ---------------------------------------------------------------------------
+
+EVENTS = ('starting_worker_process', 'stopping_worker_process')
+
+
+def make_passenger_module(app_root):
+    """Create the ``passenger`` module that applications may import."""
+    module = types.ModuleType('passenger', """The passenger-agent API for WSGI applications.
+
+    on_event(name, callback): run callback at an event of this process:
+      'starting_worker_process': callback(forked) once the app is loaded,
+          before the first request (forked is always False: every process
+          loads the app itself);
+      'stopping_worker_process': callback() when the process exits cleanly.
+    app_root: the application root directory.
+    """)
+    handlers = dict((name, []) for name in EVENTS)
+
+    def on_event(name, callback):
+        """Register ``callback`` for the event ``name`` (see the module doc)."""
+        if name not in handlers:
+            raise ValueError('unknown event %r (known: %s)' % (name, ', '.join(EVENTS)))
+        if not callable(callback):
+            raise TypeError('the callback must be callable')
+        handlers[name].append(callback)
+
+    def call_event(name, *args):
+        for callback in list(handlers[name]):
+            callback(*args)
+
+    module.on_event = on_event
+    module._call_event = call_event
+    module.app_root = app_root
+    module.EVENTS = EVENTS
+    sys.modules['passenger'] = module
+    return module
+
+
+# ---------------------------------------------------------------------------
+# Start-up
+# ---------------------------------------------------------------------------
+
+THIS_FILE = (lambda: 0).__code__.co_filename
+
+
+def _user_traceback(tb):
+    """Skip the loader's and importlib's own frames at the top of ``tb``."""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name == THIS_FILE or name.startswith('<frozen importlib'):
+            tb = tb.tb_next
+        else:
+            break
+    return tb
+
+
+def load_application(app_root, startup_file):
+    path = os.path.join(app_root, startup_file)
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(THIS_FILE)):
+        sys.path[0] = app_root  # the loader's own directory is not the app's business
+    else:
+        sys.path.insert(0, app_root)
+    loader = importlib.machinery.SourceFileLoader('passenger_wsgi', path)
+    spec = importlib.util.spec_from_file_location('passenger_wsgi', path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['passenger_wsgi'] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop('passenger_wsgi', None)
+        raise
+    try:
+        app = module.application
+    except AttributeError:
+        hint = ''
+        if hasattr(module, 'app'):
+            hint = " (it defines 'app': add 'application = app')"
+        raise AttributeError("the startup file %s does not define 'application'%s" % (path, hint))
+    if not callable(app):
+        raise TypeError("'application' in %s is not callable (it is a %s)"
+                        % (path, type(app).__name__))
+    return app
+
+
+def write_readiness(data):
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(4, view)
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+def report_spawn_error(exc):
+    summary = _one_line(exc).encode('utf-8', 'replace')[:4096]
+    details = ''.join(traceback.format_exception(
+        type(exc), exc, _user_traceback(exc.__traceback__)))
+    sys.stderr.write(details)
+    sys.stderr.flush()
+    details = details.encode('utf-8', 'replace')[:512 * 1024]
+    try:
+        write_readiness(encode_frame(SPAWN_ERROR, 0, encode_bytes(summary) + encode_bytes(details)))
+        os.close(4)
+    except OSError as e:
+        log('could not report the spawn error on fd 4: %s' % (e,))
+
+
+def _setup_stdio():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True, errors='backslashreplace')
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def _on_signal(signum, frame):
+    if State.busy:
+        State.stop = True  # finish the current request first
+    else:
+        State.stop = True
+        raise SystemExit(0)
+
+
+def main():
+    _setup_stdio()
+    parent_pid = os.getppid()
+    app_root = os.environ.get('PASSENGER_APP_ROOT') or os.getcwd()
+    startup_file = os.environ.get('PASSENGER_STARTUP_FILE') or 'passenger_wsgi.py'
+    passenger = make_passenger_module(app_root)
+    try:
+        # fd 3 and fd 4 belong to this process: the app's children must not inherit them.
+        os.set_inheritable(4, False)
+        os.set_inheritable(3, False)
+        listener = socket.socket(fileno=3)
+        if listener.type != socket.SOCK_STREAM:
+            raise OSError('fd 3 is not a stream socket')
+        if os.getcwd() != app_root:
+            try:
+                os.chdir(app_root)
+            except OSError:
+                pass
+        app = load_application(app_root, startup_file)
+        passenger._call_event('starting_worker_process', False)
+    except BaseException as exc:
+        report_spawn_error(exc)
+        return 1
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        try:
+            write_readiness(encode_frame(READY, 0, _pack_u32(1)))
+            os.close(4)
+        except OSError as e:
+            log('could not report readiness on fd 4: %s; exiting' % (e,))
+            return 1
+        code = serve(listener, app, parent_pid)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        # From here on a second SIGTERM must not cut the shutdown handlers short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            listener.close()
+        except OSError:
+            pass
+        try:
+            passenger._call_event('stopping_worker_process')
+        except Exception as exc:
+            log_exception('a stopping_worker_process handler failed', exc)
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())
