@@ -200,31 +200,78 @@ static uint32_t mp_section(const cmd_parms *cmd, uint32_t *flags)
     return cmd->server->is_virtual ? MP_SECTION_VHOST : MP_SECTION_SERVER;
 }
 
+/* Warnings kept until the configuration is processed (see mp_warn). */
+typedef struct mp_warning {
+    const server_rec *server;
+    const char *text;
+} mp_warning;
+
+#define MP_WARNINGS_KEY "mod_passenger:config-warnings"
+
+/* Logs the kept warnings, in order: a cleanup of the configuration's
+ * temporary pool, which httpd destroys after open_logs and post_config, so
+ * they reach the error log. */
+static apr_status_t mp_log_kept_warnings(void *data)
+{
+    const apr_array_header_t *warnings = data;
+    for (int i = 0; i < warnings->nelts; i++) {
+        const mp_warning *w = &APR_ARRAY_IDX(warnings, i, mp_warning);
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, w->server, "%s", w->text);
+    }
+    return APR_SUCCESS;
+}
+
 /* Logs the warnings from mp_directive_check: one per line, each starting
- * with its MP10xx tag. */
+ * with its MP10xx tag, followed by where the directive is. */
 static void mp_warn(const cmd_parms *cmd, uint32_t section, const char *msg)
 {
     const char *file = cmd->directive ? cmd->directive->filename : "?";
     int line = cmd->directive ? cmd->directive->line_num : 0;
+    int run_mode = ap_state_query(AP_SQ_RUN_MODE);
+    apr_array_header_t *kept = NULL;
+
     if (section == MP_SECTION_HTACCESS) {
         /* Read again on every request: keep it out of the log unless asked. */
-        ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, cmd->server, "%s (%s:%d)", msg, file, line);
+        for (const char *p = msg; *p;) {
+            size_t len = strcspn(p, "\n");
+            ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, cmd->server, "%.*s (%s:%d)", (int)len, p, file, line);
+            p += len + (p[len] == '\n');
+        }
         return;
     }
-    /* At startup Apache reads its configuration twice; log from the second
-     * read (which goes to the error log), unless this is a configuration
-     * test, which reads it once. Each later restart's read logs again. */
-    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG &&
-        ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_NORMAL) {
-        return;
+    if (run_mode == AP_SQ_RM_NORMAL) {
+        /* At startup Apache reads its configuration twice; the first read is
+         * a dry run, and the second runs after the MPM has detached from the
+         * terminal but before the error log is open. So: nothing from the
+         * dry run, and keep the rest until the logs are open. Each restart's
+         * read logs again. */
+        if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) {
+            return;
+        }
+        void *data = NULL;
+        apr_pool_userdata_get(&data, MP_WARNINGS_KEY, cmd->temp_pool);
+        kept = data;
+        if (!kept) {
+            kept = apr_array_make(cmd->temp_pool, 4, sizeof(mp_warning));
+            apr_pool_userdata_setn(kept, MP_WARNINGS_KEY, NULL, cmd->temp_pool);
+            apr_pool_cleanup_register(cmd->temp_pool, kept, mp_log_kept_warnings,
+                                      apr_pool_cleanup_null);
+        }
     }
-    /* A vhost's log level is not set until the configuration is merged,
-     * which would drop the message: log those without a server (to the
-     * main error log, or stderr during the first read). */
-    const server_rec *s = cmd->server->is_virtual ? NULL : cmd->server;
     while (*msg) {
         size_t len = strcspn(msg, "\n");
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "%.*s (%s:%d)", (int)len, msg, file, line);
+        const char *text = apr_psprintf(cmd->temp_pool, "%.*s (%s:%d)", (int)len, msg, file, line);
+        if (kept) {
+            mp_warning *w = apr_array_push(kept);
+            w->server = cmd->server;
+            w->text = text;
+        } else {
+            /* A configuration test: report now, on stderr. A vhost's log
+             * level is not set before the merge, so log those without a
+             * server (the default level, to stderr). */
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, cmd->server->is_virtual ? NULL : cmd->server,
+                         "%s", text);
+        }
         msg += len + (msg[len] == '\n');
     }
 }

@@ -489,7 +489,7 @@ pub fn docs() -> String {
                 let _ = writeln!(m, "- Status: {status}");
             }
             if d.stores() {
-                let _ = writeln!(m, "- Example: `{} {}`", d.name, d.example);
+                let _ = writeln!(m, "- Example: `{} {}`", d.name, d.example_args());
             }
             let _ = writeln!(m, "\n{}\n", d.doc);
         }

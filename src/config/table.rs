@@ -275,6 +275,18 @@ impl Directive {
     }
 }
 
+impl Directive {
+    /// The example as written after the directive's name in a config file:
+    /// quoted when it has spaces (except the two arguments of [`Kind::KeyValue`]).
+    pub fn example_args(&self) -> String {
+        if self.kind != Kind::KeyValue && self.example.contains(' ') {
+            format!("\"{}\"", self.example)
+        } else {
+            self.example.to_owned()
+        }
+    }
+}
+
 /// The directive with this number.
 pub fn directive(id: Id) -> &'static Directive {
     &DIRECTIVES[id as usize]
