@@ -1,1 +1,6 @@
-//! End-to-end tests.
+//! End-to-end tests: a real Apache on 127.0.0.1 with mod_passenger loaded,
+//! real apps, real HTTP. See `harness.rs`.
+
+mod directives;
+mod harness;
+mod wsgi;

@@ -7,13 +7,23 @@
 //! # Layout
 //!
 //! - [`protocol`]: the frame protocol spoken on every channel (`docs/protocol.md`).
-//! - [`config`]: the directive table and the typed server and per-directory configuration.
+//! - [`config`]: the directive table and the typed server, directory and app options.
 //! - [`ffi`]: the C ABI used by the shim in `mod_passenger/`; the only raw pointers.
 //! - [`module`]: the Apache side: maps requests to apps, talks to the agent.
+//! - [`instance`]: where an Apache instance's agent lives (the registry).
 //! - [`agent`]: the daemon: accepts connections, one thread each.
 //! - [`pool`]: application groups, processes, wait queues and limits.
 //! - [`spawn`]: starting application processes through the loaders.
+//! - [`log`]: logging into Apache's error log from both processes.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod config;
+pub mod ffi;
+pub mod instance;
+pub mod log;
+pub mod module;
+pub mod pool;
 pub mod protocol;
+pub mod spawn;

@@ -1,0 +1,356 @@
+//! The WSGI slice through a real Apache: routing, the PEP 3333 environ,
+//! bodies both ways, streaming, errors, and the agent's lifetime across
+//! graceful restarts, stops and crashes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Apache, Scenario, pids_matching, process_alive, process_user, read_response};
+
+/// A vhost serving `apps/<app>` with DocumentRoot at its public/ directory.
+fn vhost(app: &str, extra: &str) -> String {
+    format!(
+        r#"<VirtualHost 127.0.0.1:{{port}}>
+    ServerName 127.0.0.1
+    DocumentRoot {{dir}}/apps/{app}/public
+    SetEnv MY_SETENV from-apache
+    {extra}
+    <Directory {{dir}}/apps/{app}/public>
+        Require all granted
+    </Directory>
+</VirtualHost>
+"#
+    )
+}
+
+fn wsgi_apache(extra: &str) -> Apache {
+    Apache::start(Scenario::new(&vhost("wsgi", extra)).app("wsgi"))
+}
+
+fn json(response: &crate::harness::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", response.text()))
+}
+
+#[test]
+fn serves_the_app_and_leaves_static_files_to_apache() {
+    let apache = wsgi_apache("");
+    let response = apache.get("/");
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    assert_eq!(response.text(), "hello from wsgi");
+    let static_file = apache.get("/static.txt");
+    assert_eq!(static_file.status, 200);
+    assert_eq!(static_file.text(), "static file\n");
+    // The app never runs as root.
+    let env = json(&apache.get("/env"));
+    assert_ne!(env["uid"], 0);
+    assert!(process_user(env["pid"].as_i64().unwrap() as i32) != 0);
+}
+
+#[test]
+fn passenger_enabled_off_leaves_the_vhost_to_apache() {
+    let apache = wsgi_apache("PassengerEnabled off");
+    assert_eq!(apache.get("/").status, 404);
+    assert_eq!(apache.get("/static.txt").status, 200);
+}
+
+#[test]
+fn the_environ_is_pep_3333_correct() {
+    let apache = wsgi_apache("");
+    let raw = format!(
+        "GET /env?a=%20b&c=d%2Fe HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-User: alice\r\nX_User: mallory\r\nConnection: close\r\n\r\n",
+        apache.port
+    );
+    let response = apache.request(raw.as_bytes());
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    let env = json(&response);
+    assert_eq!(env["QUERY_STRING"], "a=%20b&c=d%2Fe");
+    assert_eq!(env["PATH_INFO"], "/env");
+    assert_eq!(env["SCRIPT_NAME"], "");
+    assert_eq!(env["REQUEST_METHOD"], "GET");
+    assert_eq!(env["SERVER_PORT"], apache.port.to_string());
+    assert_eq!(env["SERVER_NAME"], "127.0.0.1");
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(env["wsgi.url_scheme"], "http");
+    assert_eq!(env["MY_SETENV"], "from-apache");
+    assert_eq!(env["PASSENGER_APP_ENV"], serde_json::Value::Null);
+    assert_eq!(env["os_env"]["PASSENGER_APP_ENV"], "production");
+    assert_eq!(env["os_env"]["WSGI_ENV"], "production");
+    // X_User can never pose as X-User.
+    assert_eq!(env["headers"]["HTTP_X_USER"], "alice");
+    assert_eq!(env["headers"].as_object().unwrap().values().filter(|v| *v == "mallory").count(), 0);
+}
+
+#[test]
+fn passenger_app_env_reaches_the_app() {
+    let apache = wsgi_apache("PassengerAppEnv staging");
+    let env = json(&apache.get("/env"));
+    assert_eq!(env["os_env"]["PASSENGER_APP_ENV"], "staging");
+    assert_eq!(env["os_env"]["WSGI_ENV"], "staging");
+}
+
+#[test]
+fn a_real_framework_gets_percent_decoded_paths() {
+    let apache = Apache::start(Scenario::new(&vhost("flask", "")).app("flask"));
+    let response = apache.get("/hello/w%C3%B6rld?q=x%20y");
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    assert_eq!(response.text(), "Hello, wörld! q=x y");
+}
+
+#[test]
+fn request_bodies_with_content_length_and_chunked_are_streamed_to_the_app() {
+    let apache = wsgi_apache("");
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let digest = sha256_hex(&body);
+    let mut raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let response = apache.request(&raw);
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    assert_eq!(response.text(), format!("{} {digest}", body.len()));
+
+    let mut chunked = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in body.chunks(100_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let response = apache.request(&chunked);
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    assert_eq!(response.text(), format!("{} {digest}", body.len()));
+
+    let small = b"POST /lines HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 6\r\nConnection: close\r\n\r\na\nb\nc\n";
+    assert_eq!(apache.request(small).text(), "3");
+}
+
+#[test]
+fn a_slow_generator_reaches_the_client_chunk_by_chunk() {
+    let apache = wsgi_apache("");
+    let mut stream = TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut first_chunk_at = None;
+    let mut chunks = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.starts_with("chunk ") {
+            chunks += 1;
+            first_chunk_at.get_or_insert(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    assert_eq!(chunks, 3);
+    let first = first_chunk_at.unwrap();
+    assert!(first + Duration::from_millis(600) < total, "first chunk at {first:?}, all done at {total:?}");
+}
+
+#[test]
+fn responses_keep_status_reason_repeated_headers_and_bodies() {
+    let apache = wsgi_apache("");
+    let cookies = apache.get("/cookies");
+    assert_eq!(cookies.status_line, "HTTP/1.1 201 Created Here");
+    assert_eq!(cookies.all("Set-Cookie"), vec!["a=1", "b=2"]);
+    assert_eq!(cookies.header("X-Custom"), Some("yes"));
+    assert_eq!(cookies.text(), "cookies");
+
+    assert_eq!(apache.get("/write").text(), "written and returned");
+    let exc = apache.get("/exc_info");
+    assert_eq!(exc.status, 500);
+    assert_eq!(exc.text(), "handled error");
+    let big = apache.get("/big");
+    assert_eq!(big.body.len(), 1024 * 1024);
+
+    let head = apache.request(format!("HEAD /cookies HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", apache.port).as_bytes());
+    assert_eq!(head.status, 201);
+    assert!(head.body.is_empty());
+}
+
+#[test]
+fn close_is_called_on_the_response_iterable() {
+    let apache = wsgi_apache("");
+    let marker = std::env::temp_dir().join(format!("mp-close-marker-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let response = apache.get(&format!("/close?{}", marker.display()));
+    assert_eq!(response.text(), "closing");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "closed");
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn wsgi_errors_goes_to_the_error_log() {
+    let apache = wsgi_apache("");
+    assert_eq!(apache.get("/errors").text(), "logged");
+    assert!(apache.wait_for_log("message to wsgi.errors", Duration::from_secs(5)), "{}", apache.error_log());
+}
+
+#[test]
+fn a_dying_process_gives_502_and_is_replaced() {
+    let mut apache = wsgi_apache("");
+    apache.allow("MP0406");
+    apache.allow("MP0705");
+    assert_eq!(apache.get("/").status, 200);
+    assert_eq!(apache.get("/crash").status, 502);
+    let response = apache.get("/");
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+}
+
+#[test]
+fn an_app_that_fails_to_load_gets_a_500_and_a_log_line() {
+    let mut apache = Apache::start(Scenario::new(&vhost("broken", "")).app("broken"));
+    apache.allow("MP0404");
+    let response = apache.get("/");
+    assert_eq!(response.status, 500);
+    let log = apache.error_log();
+    assert!(log.contains("MP0404") && log.contains("module_that_does_not_exist"), "{log}");
+    assert!(log.contains("as user nobody"), "{log}");
+}
+
+#[test]
+fn graceful_restart_keeps_the_agent_and_the_app_processes() {
+    let apache = wsgi_apache("");
+    let before = json(&apache.get("/env"))["pid"].as_i64().unwrap();
+    let agent = apache.agent_pid();
+    let out = apache.ctl("graceful");
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let after = json(&apache.get("/env"))["pid"].as_i64().unwrap();
+    assert_eq!(before, after, "the app process was restarted by a graceful restart");
+    assert_eq!(agent, apache.agent_pid());
+}
+
+#[test]
+fn graceful_restarts_under_load_fail_no_request() {
+    let apache = wsgi_apache("");
+    assert_eq!(apache.get("/").status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let bad_status = Arc::new(AtomicUsize::new(0));
+    let conn_errors = Arc::new(AtomicUsize::new(0));
+    let port = apache.port;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, bad_status, conn_errors) =
+                (stop.clone(), ok.clone(), bad_status.clone(), conn_errors.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match keep_alive_burst(port, 20) {
+                        Ok(statuses) => {
+                            for s in statuses {
+                                if s == 200 { ok.fetch_add(1, Ordering::Relaxed) } else { bad_status.fetch_add(1, Ordering::Relaxed) };
+                            }
+                        }
+                        Err(_) => {
+                            conn_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..2 {
+        assert!(apache.ctl("graceful").status.success());
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let (ok, bad, errors) = (ok.load(Ordering::Relaxed), bad_status.load(Ordering::Relaxed), conn_errors.load(Ordering::Relaxed));
+    eprintln!("graceful under load: {ok} ok, {bad} non-200, {errors} connection errors");
+    assert!(ok > 100, "too few requests: {ok}");
+    assert_eq!(bad, 0, "requests failed during graceful restarts");
+    assert!(errors <= 8, "{errors} connection errors");
+}
+
+/// Sends `n` requests on one keep-alive connection; returns their statuses.
+/// An error means the connection failed (as keep-alive connections may,
+/// when Apache retires a child during a graceful restart).
+fn keep_alive_burst(port: u16, n: usize) -> std::io::Result<Vec<u16>> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let close = if i + 1 == n { "Connection: close\r\n" } else { "" };
+        writer.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n").as_bytes())?;
+        let response = read_response(&mut reader, false)?;
+        if response.status == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+        statuses.push(response.status);
+        if response.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            break;
+        }
+    }
+    Ok(statuses)
+}
+
+#[test]
+fn stop_leaves_no_agent_app_or_instance_directory() {
+    let mut apache = wsgi_apache("");
+    let app_pid = json(&apache.get("/env"))["pid"].as_i64().unwrap() as i32;
+    let agent = apache.agent_pid();
+    let instance = apache.instance_dirs()[0].clone();
+    apache.stop();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (process_alive(agent) || process_alive(app_pid) || instance.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!process_alive(agent), "the agent is still running");
+    assert!(!process_alive(app_pid), "the app process is still running");
+    assert!(!instance.exists(), "{} is still there", instance.display());
+    assert!(pids_matching(&instance.to_string_lossy()).is_empty());
+}
+
+#[test]
+fn a_killed_agent_is_replaced_and_requests_succeed() {
+    let mut apache = wsgi_apache("");
+    apache.allow("MP0002");
+    apache.allow("AH00045");
+    assert_eq!(apache.get("/").status, 200);
+    let agent = apache.agent_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = apache.get("/");
+        if response.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}\n{}", response.status, apache.error_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(apache.agent_pid(), agent);
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.wait().unwrap();
+    out.split_whitespace().next().unwrap().to_owned()
+}

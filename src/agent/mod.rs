@@ -1,0 +1,174 @@
+//! The agent: one daemon per Apache instance.
+//!
+//! ```text
+//! main thread      waits for the shutdown signal, then stops the pool and
+//!                  removes the instance directory
+//! "accept"         accepts connections on agent.sock; checks the peer's uid
+//! "conn"           one thread per connection (session.rs), up to MAX_CONNECTIONS
+//! "signals"        SIGTERM / SIGINT -> shutdown
+//! "apache-watch"   the Apache parent exited (pidfd) -> shutdown
+//! "idle-gc"        PassengerPoolIdleTime, once a second
+//! "spawner"        one per spawn in progress (pool)
+//! "app-<pid>"      one per app process: its output, its exit (spawn::process)
+//! ```
+//!
+//! The agent outlives Apache's graceful restarts: each new configuration
+//! generation connects and sends CONFIGURE; app processes keep running.
+
+pub mod instance;
+pub mod server;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::config::ServerConfig;
+use crate::pool::{Limits, Pool};
+use crate::spawn::{LoaderSpawner, UserPolicy};
+use instance::InstanceDir;
+
+/// The command line of `passenger-agent`.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// The instance directory to create and serve from.
+    pub instance_dir: PathBuf,
+    /// The Apache parent to follow (exit when it exits).
+    pub apache_pid: Option<i32>,
+    /// Apache's user: allowed to connect.
+    pub apache_uid: Option<u32>,
+    /// Apache's group: owns the request socket.
+    pub apache_gid: Option<u32>,
+}
+
+impl Args {
+    /// Parses `--name value` arguments.
+    pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut args = Args { instance_dir: PathBuf::new(), apache_pid: None, apache_uid: None, apache_gid: None };
+        while let Some(flag) = argv.next() {
+            let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
+            let number = |v: String| v.parse::<u32>().map_err(|_| format!("{flag}: not a number: {v}"));
+            match flag.as_str() {
+                "--instance-dir" => args.instance_dir = PathBuf::from(value()?),
+                "--registry-dir" => {
+                    value()?;
+                }
+                "--apache-pid" => args.apache_pid = Some(number(value()?)? as i32),
+                "--apache-uid" => args.apache_uid = Some(number(value()?)?),
+                "--apache-gid" => args.apache_gid = Some(number(value()?)?),
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        if args.instance_dir.as_os_str().is_empty() {
+            return Err("--instance-dir is required".into());
+        }
+        Ok(args)
+    }
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// The Apache parent this agent serves, if it follows one.
+    pub apache_pid: Option<i32>,
+    spawner: Arc<LoaderSpawner>,
+    instance: InstanceDir,
+    config: Mutex<(u64, ServerConfig)>,
+}
+
+impl Agent {
+    /// The instance directory's name, sent in HELLO_OK.
+    pub fn instance_name(&self) -> Vec<u8> {
+        self.instance.dir.file_name().map(|n| n.as_encoded_bytes().to_vec()).unwrap_or_default()
+    }
+
+    /// Applies a configuration generation.
+    pub fn configure(&self, generation: u64, config: ServerConfig) {
+        log::set_max_level(crate::log::level_filter(config.log_level));
+        self.spawner.set_policy(user_policy(&config));
+        self.pool.set_limits(limits(&config));
+        log::debug!(target: "MP0801", "configuration generation {generation} applied");
+        *self.config.lock() = (generation, config);
+    }
+
+    /// A status document.
+    pub fn status(&self) -> serde_json::Value {
+        let (generation, config) = &*self.config.lock();
+        let groups: Vec<serde_json::Value> = self
+            .pool
+            .snapshot()
+            .into_iter()
+            .map(|g| {
+                serde_json::json!({
+                    "name": g.name,
+                    "app_root": g.app_root,
+                    "waiting": g.waiting,
+                    "spawning": g.spawning,
+                    "processes": g.processes.iter().map(|p| serde_json::json!({
+                        "pid": p.pid,
+                        "sessions": p.sessions,
+                        "processed": p.processed,
+                        "detached": p.detached,
+                        "idle_ms": p.idle_for.as_millis() as u64,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "pid": std::process::id(),
+            "generation": generation,
+            "max_pool_size": config.max_pool_size,
+            "groups": groups,
+        })
+    }
+}
+
+fn limits(config: &ServerConfig) -> Limits {
+    Limits {
+        max_pool_size: config.max_pool_size.max(1) as usize,
+        max_instances_per_app: config.max_instances_per_app as usize,
+        pool_idle_time: Duration::from_secs(config.pool_idle_time),
+    }
+}
+
+fn user_policy(config: &ServerConfig) -> UserPolicy {
+    UserPolicy {
+        user_switching: config.user_switching,
+        default_user: config.default_user.clone(),
+        default_group: config.default_group.clone(),
+    }
+}
+
+/// Runs the agent until Apache goes away or it is told to stop.
+pub fn run(args: Args) -> Result<(), String> {
+    let _ = nix::unistd::setsid();
+    let signals = server::block_shutdown_signals()?;
+    let instance = InstanceDir::create(&args.instance_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.instance_dir.display()))?;
+    let listener = server::bind(&instance.socket(), args.apache_gid)
+        .map_err(|e| format!("cannot listen on {}: {e}", instance.socket().display()))?;
+
+    let defaults = ServerConfig::from_json(&serde_json::json!({})).map_err(|e| e.to_string())?;
+    let spawner = Arc::new(LoaderSpawner::new(instance.apps_dir(), instance.loaders_dir(), user_policy(&defaults)));
+    let pool = Pool::new(spawner.clone(), limits(&defaults));
+    let agent = Arc::new(Agent { pool, apache_pid: args.apache_pid, spawner, instance: instance.clone(), config: Mutex::new((0, defaults)) });
+
+    let (stop_tx, stop_rx) = crossbeam::channel::bounded::<&'static str>(4);
+    server::spawn_signal_thread(signals, stop_tx.clone())?;
+    if let Some(pid) = args.apache_pid {
+        server::spawn_parent_watch(pid, stop_tx.clone())?;
+    }
+    server::spawn_idle_collector(Arc::downgrade(&agent.pool))?;
+    server::spawn_acceptor(Arc::clone(&agent), listener, args.apache_uid)?;
+    log::info!(target: "MP0802", "passenger agent {} serving {}", std::process::id(), instance.dir.display());
+
+    let reason = stop_rx.recv().unwrap_or("all stop senders are gone");
+    log::info!(target: "MP0803", "shutting down: {reason}");
+    instance.unlink_socket();
+    agent.pool.shutdown(Duration::from_secs(10));
+    instance.remove();
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The agent's threads around the sessions: the acceptor, signals, the
+//! Apache-parent watch and the idle collector.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crossbeam::channel::Sender;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use crate::agent::{Agent, session};
+use crate::pool::Pool;
+
+/// At most this many connections are served at once; more wait in the
+/// listen backlog. Apache's workers each hold one.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Binds the request socket: mode 0660, group = Apache's group, so only
+/// root and Apache's user can connect (checked again per connection).
+pub fn bind(path: &Path, apache_gid: Option<u32>) -> io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    if let Some(gid) = apache_gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and so in every thread started
+/// after), to be received by the signal thread alone.
+pub fn block_shutdown_signals() -> Result<SigSet, String> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    Ok(set)
+}
+
+/// Waits for SIGTERM/SIGINT and reports it.
+pub fn spawn_signal_thread(set: SigSet, stop: Sender<&'static str>) -> Result<(), String> {
+    spawn("signals", move || {
+        if let Ok(signal) = set.wait() {
+            let _ = stop.send(if signal == Signal::SIGTERM { "SIGTERM" } else { "SIGINT" });
+        }
+    })
+}
+
+/// Reports when the Apache parent `pid` exits (through a pidfd).
+pub fn spawn_parent_watch(pid: i32, stop: Sender<&'static str>) -> Result<(), String> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; it touches no memory of ours.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        let _ = stop.send("the Apache parent is gone");
+        return Err(format!("cannot watch the Apache parent {pid}: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    spawn("apache-watch", move || {
+        loop {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+        let _ = stop.send("the Apache parent exited");
+    })
+}
+
+/// Runs the idle collector once a second.
+pub fn spawn_idle_collector(pool: Weak<Pool>) -> Result<(), String> {
+    spawn("idle-gc", move || {
+        while let Some(pool) = pool.upgrade() {
+            pool.collect_idle();
+            drop(pool);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+}
+
+/// Accepts connections, checks who is calling, and serves each on a thread.
+pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, apache_uid: Option<u32>) -> Result<(), String> {
+    let active = Arc::new(AtomicUsize::new(0));
+    spawn("accept", move || {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    log::warn!(target: "MP0804", "accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if !peer_allowed(&stream, apache_uid) {
+                continue;
+            }
+            if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                log::warn!(target: "MP0805", "too many connections ({MAX_CONNECTIONS}); refusing one");
+                continue;
+            }
+            active.fetch_add(1, Ordering::AcqRel);
+            let agent = Arc::clone(&agent);
+            let guard = ActiveGuard(Arc::clone(&active));
+            let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
+                let _guard = guard;
+                session::serve(&agent, stream);
+            });
+            if let Err(e) = spawned {
+                log::error!(target: "MP0806", "cannot start a connection thread: {e}");
+            }
+        }
+    })
+}
+
+/// Decrements the active-connection count when a connection thread ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Only root, the agent's own user and Apache's user may talk to the agent.
+fn peer_allowed(stream: &UnixStream, apache_uid: Option<u32>) -> bool {
+    match getsockopt(stream, PeerCredentials) {
+        Ok(creds) => {
+            let uid = creds.uid();
+            let allowed = uid == 0 || uid == nix::unistd::geteuid().as_raw() || Some(uid) == apache_uid;
+            if !allowed {
+                log::warn!(target: "MP0807", "refused a connection from uid {uid} (pid {})", creds.pid());
+            }
+            allowed
+        }
+        Err(e) => {
+            log::warn!(target: "MP0807", "cannot read a connection's credentials: {e}");
+            false
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}

@@ -1,0 +1,320 @@
+//! One connection to the agent, served on its own thread.
+//!
+//! The first frame says who is calling ([`Role`]): an Apache worker
+//! (requests), the Apache parent (configuration) or a status tool. Errors
+//! end only this connection: a malformed frame gets an `ERROR` frame where
+//! possible, is logged once, and the connection is closed.
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::config::{AppOptions, ServerConfig};
+use crate::pool::{AppConnection, CheckoutError, Lease};
+use crate::protocol::{self, Connection, Message, RequestHead, Role};
+
+/// A connection from the module.
+type ModuleConnection = Connection<UnixStream>;
+
+/// Serves a connection until the peer closes it or breaks the protocol.
+pub fn serve(agent: &Arc<Agent>, stream: UnixStream) {
+    let mut conn = Connection::new(stream);
+    if let Err(e) = serve_connection(agent, &mut conn) {
+        log::warn!(target: "MP0701", "closing a connection: {e}");
+        if !matches!(e, protocol::Error::Io(_) | protocol::Error::UnexpectedEof) {
+            let _ = conn.send(0, &Message::Error { code: 400, message: e.to_string() });
+        }
+    }
+}
+
+fn serve_connection(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+    let role = match conn.read_frame()? {
+        Some((_, Message::Hello { role: Role::Control, pid, .. }))
+            if agent.apache_pid.is_some_and(|apache| apache != pid as i32) =>
+        {
+            // Another Apache (this agent's is gone or going): it must start its own.
+            let message = format!("this agent serves Apache pid {}", agent.apache_pid.unwrap_or(0));
+            return conn.send(0, &Message::Error { code: 409, message });
+        }
+        Some((_, Message::Hello { role, .. })) => role,
+        Some(_) => return Err(protocol::Error::Malformed("the first frame must be HELLO")),
+        None => return Ok(()),
+    };
+    conn.send(0, &Message::HelloOk { agent_pid: std::process::id(), instance: agent.instance_name() })?;
+    match role {
+        Role::Worker => serve_worker(agent, conn),
+        Role::Control => serve_control(agent, conn),
+        Role::Status => serve_status(agent, conn),
+    }
+}
+
+/// The Apache parent: configuration generations.
+fn serve_control(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+    while let Some((id, msg)) = conn.read_frame()? {
+        match msg {
+            Message::Configure { generation, config } => {
+                let parsed = serde_json::from_slice(&config)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| ServerConfig::from_json(&v).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(config) => {
+                        agent.configure(generation, config);
+                        conn.send(id, &Message::ConfigureOk)?;
+                    }
+                    Err(e) => {
+                        log::error!(target: "MP0702", "rejected configuration generation {generation}: {e}");
+                        conn.send(id, &Message::Error { code: 400, message: e })?;
+                    }
+                }
+            }
+            Message::Ping => conn.send(id, &Message::Pong)?,
+            _ => return Err(protocol::Error::Malformed("unexpected frame on a control connection")),
+        }
+    }
+    Ok(())
+}
+
+/// A status tool: a JSON document describing the pool.
+fn serve_status(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+    while let Some((id, msg)) = conn.read_frame()? {
+        match msg {
+            Message::Status { .. } => {
+                let document = serde_json::to_vec(&agent.status()).unwrap_or_default();
+                conn.send(id, &Message::StatusReply { document })?;
+            }
+            Message::Ping => conn.send(id, &Message::Pong)?,
+            _ => return Err(protocol::Error::Malformed("unexpected frame on a status connection")),
+        }
+    }
+    Ok(())
+}
+
+/// An Apache worker: one request after another.
+fn serve_worker(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+    while let Some((id, msg)) = conn.read_frame()? {
+        match msg {
+            Message::Request(head) => serve_request(agent, conn, id, head)?,
+            Message::Ping => conn.send(id, &Message::Pong)?,
+            _ => return Err(protocol::Error::Malformed("expected REQUEST")),
+        }
+    }
+    Ok(())
+}
+
+/// Where the client's body stands, from the agent's side.
+enum BodyState {
+    /// All of it has been received.
+    Ended,
+    /// More can be asked for with READ_BODY.
+    More,
+}
+
+/// Reads the body prefix that follows a REQUEST with a body.
+fn read_prefix(conn: &mut ModuleConnection, id: u32) -> Result<(Vec<Vec<u8>>, BodyState), protocol::Error> {
+    let mut chunks = Vec::new();
+    let mut total = 0;
+    loop {
+        match next_frame(conn, id)? {
+            Message::Body(data) => {
+                total += data.len();
+                if total > protocol::MAX_BODY_CHUNK {
+                    return Err(protocol::Error::Malformed("the body prefix is larger than 64 KiB"));
+                }
+                chunks.push(data);
+            }
+            Message::End => return Ok((chunks, BodyState::Ended)),
+            Message::More => return Ok((chunks, BodyState::More)),
+            _ => return Err(protocol::Error::Malformed("expected BODY, END or MORE after REQUEST")),
+        }
+    }
+}
+
+/// Reads the next frame of request `id`; EOF is an error mid-request.
+fn next_frame(conn: &mut ModuleConnection, id: u32) -> Result<Message, protocol::Error> {
+    match conn.read_frame()? {
+        Some((frame_id, msg)) if frame_id == id => Ok(msg),
+        Some(_) => Err(protocol::Error::Malformed("a frame of another request arrived mid-request")),
+        None => Err(protocol::Error::UnexpectedEof),
+    }
+}
+
+/// Serves one request: checkout, forward, relay, checkin.
+fn serve_request(
+    agent: &Arc<Agent>,
+    module: &mut ModuleConnection,
+    id: u32,
+    head: RequestHead,
+) -> Result<(), protocol::Error> {
+    let (prefix, mut body) =
+        if head.has_body() { read_prefix(module, id)? } else { (Vec::new(), BodyState::Ended) };
+    let options = match AppOptions::from_pairs(&head.options) {
+        Ok(options) => options,
+        Err(e) => {
+            log::error!(target: "MP0703", "invalid application options: {e}");
+            return module.send(id, &Message::Error { code: 500, message: e.to_string() });
+        }
+    };
+    let mut lease = match agent.pool.checkout(options) {
+        Ok(lease) => lease,
+        Err(e) => return answer_checkout_error(module, id, &e),
+    };
+    let app_head = RequestHead { flags: head.flags, options: Vec::new(), env: head.env };
+
+    // A reused connection may have been closed by the app since: if it
+    // fails before the app answered anything, retry once on a fresh one.
+    let mut fresh_retry_left = true;
+    loop {
+        let reused = lease.has_connection();
+        let app = match lease.connection() {
+            Ok(app) => app,
+            Err(e) => return app_failed(module, id, &mut lease, false, &format!("cannot connect: {e}")),
+        };
+        let sent = send_request(app, id, &app_head, &prefix, &body);
+        let result = match sent {
+            Ok(()) => relay(module, app, id, &mut body),
+            Err(e) => Err(Relay::AppBroken { answered: false, error: e.to_string() }),
+        };
+        match result {
+            Ok(()) => {
+                lease.finish();
+                return Ok(());
+            }
+            Err(Relay::AppBroken { answered: false, .. }) if reused && fresh_retry_left => {
+                fresh_retry_left = false;
+                lease.discard_connection();
+            }
+            Err(Relay::AppBroken { answered, error }) => {
+                return app_failed(module, id, &mut lease, answered, &error);
+            }
+            Err(Relay::Module(e)) => return Err(e),
+        }
+    }
+}
+
+/// Writes REQUEST and the body prefix to the app.
+fn send_request(
+    app: &mut AppConnection,
+    id: u32,
+    head: &RequestHead,
+    prefix: &[Vec<u8>],
+    body: &BodyState,
+) -> Result<(), protocol::Error> {
+    app.queue(id, &Message::Request(head.clone()));
+    if head.has_body() {
+        for chunk in prefix {
+            app.queue_body(id, chunk)?;
+        }
+        app.queue(id, if matches!(body, BodyState::Ended) { &Message::End } else { &Message::More });
+    }
+    app.flush()
+}
+
+/// How relaying can fail.
+enum Relay {
+    /// The app's connection failed; `answered` = it had sent a response head.
+    AppBroken { answered: bool, error: String },
+    /// The module's connection failed: close it.
+    Module(protocol::Error),
+}
+
+/// Relays frames between the app and the module until the response ends.
+fn relay(
+    module: &mut ModuleConnection,
+    app: &mut AppConnection,
+    id: u32,
+    body: &mut BodyState,
+) -> Result<(), Relay> {
+    let mut answered = false;
+    let broken = |answered: bool, error: String| Relay::AppBroken { answered, error };
+    loop {
+        let msg = match app.read_frame() {
+            Ok(Some((frame_id, msg))) if frame_id == id => msg,
+            Ok(Some((frame_id, _))) => {
+                return Err(broken(answered, format!("the app answered for request {frame_id}, not {id}")));
+            }
+            Ok(None) => return Err(broken(answered, "the app closed the connection".into())),
+            Err(e) => return Err(broken(answered, e.to_string())),
+        };
+        match msg {
+            Message::ReadBody { max } => {
+                let reply = match body {
+                    BodyState::Ended => Message::End,
+                    BodyState::More => {
+                        module.send(id, &Message::ReadBody { max }).map_err(Relay::Module)?;
+                        match next_frame(module, id).map_err(Relay::Module)? {
+                            Message::Body(data) => Message::Body(data),
+                            Message::End => {
+                                *body = BodyState::Ended;
+                                Message::End
+                            }
+                            _ => {
+                                return Err(Relay::Module(protocol::Error::Malformed(
+                                    "expected BODY or END after READ_BODY",
+                                )));
+                            }
+                        }
+                    }
+                };
+                app.send(id, &reply).map_err(|e| broken(answered, e.to_string()))?;
+            }
+            Message::Response(response) if !answered => {
+                answered = true;
+                module.queue(id, &Message::Response(response));
+                if !app.has_buffered_input() {
+                    module.flush().map_err(Relay::Module)?;
+                }
+            }
+            Message::Body(data) if answered => {
+                module.queue_body(id, &data).map_err(Relay::Module)?;
+                if !app.has_buffered_input() {
+                    module.flush().map_err(Relay::Module)?;
+                }
+            }
+            Message::End if answered => {
+                module.send(id, &Message::End).map_err(Relay::Module)?;
+                return Ok(());
+            }
+            Message::Error { code, message } => {
+                log::warn!(target: "MP0704", "the app reported an error ({code}): {message}");
+                module.send(id, &Message::Error { code, message }).map_err(Relay::Module)?;
+                return Ok(());
+            }
+            other => {
+                return Err(broken(answered, format!("unexpected frame from the app: type {:#04x}", other.kind())));
+            }
+        }
+    }
+}
+
+/// Answers a request whose app process failed. Before a response head the
+/// client gets a 502; after it, an ERROR that makes the module abort.
+fn app_failed(
+    module: &mut ModuleConnection,
+    id: u32,
+    lease: &mut Lease,
+    answered: bool,
+    error: &str,
+) -> Result<(), protocol::Error> {
+    lease.discard_connection();
+    log::error!(
+        target: "MP0705",
+        "request to process {} failed{}: {error}",
+        lease.pid(),
+        if answered { " mid-response" } else { "" }
+    );
+    module.send(id, &Message::Error { code: 502, message: format!("the application process failed: {error}") })
+}
+
+/// Turns a checkout failure into the module's answer.
+fn answer_checkout_error(module: &mut ModuleConnection, id: u32, e: &CheckoutError) -> Result<(), protocol::Error> {
+    let code = match e {
+        CheckoutError::QueueFull => {
+            log::warn!(target: "MP0706", "{e}: answering 503 (PassengerMaxRequestQueueSize)");
+            503
+        }
+        CheckoutError::QueueTimeout => 504,
+        CheckoutError::SpawnFailed(_) => 500,
+        CheckoutError::ShuttingDown => 503,
+    };
+    module.send(id, &Message::Error { code, message: e.to_string() })
+}

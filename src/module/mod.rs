@@ -1,0 +1,28 @@
+//! The Apache side: everything the shim's hooks ask of Rust.
+//!
+//! Nothing here knows Apache's types: [`crate::ffi::exports`] converts the
+//! shim's structs and calls in. The rules of this process: no thread is
+//! started in the Apache parent, no panic crosses into C, no global state
+//! outlives a configuration generation except what fork hands down to the
+//! children (the agent's socket path and the server description).
+
+pub mod client;
+pub mod handler;
+pub mod lifecycle;
+pub mod matcher;
+pub mod request;
+
+use parking_lot::RwLock;
+
+/// Apache's server description (`SERVER_SOFTWARE`), set at post_config.
+static SERVER_SOFTWARE: RwLock<Vec<u8>> = RwLock::new(Vec::new());
+
+/// Records Apache's server description for the apps' environment.
+pub fn set_server_software(description: &str) {
+    *SERVER_SOFTWARE.write() = description.as_bytes().to_vec();
+}
+
+/// Apache's server description.
+pub fn server_software() -> Vec<u8> {
+    SERVER_SOFTWARE.read().clone()
+}

@@ -1,0 +1,821 @@
+//! The application pool: groups of app processes, their limits and queues.
+//!
+//! A *group* is one application (app root + environment, named like
+//! `/srv/app (production)`). Each has processes, a queue of requests that
+//! wait for one, and at most one spawn in progress at a time.
+//!
+//! ```text
+//! checkout(options) ─┬─ a process with a free slot?  → Lease (session += 1)
+//!                    ├─ queue full?                  → QueueFull (503)
+//!                    └─ wait in the group's queue; spawn if the limits allow
+//! Lease dropped      → checkin: session −= 1, connection kept for reuse,
+//!                      the next waiter (of any group) is served
+//! ```
+//!
+//! Locking: one `parking_lot::Mutex` over all groups. Every critical
+//! section is short bookkeeping: no I/O, no spawning and no channel send
+//! happens while it is held (work found under the lock is carried out after
+//! it is released). One lock is right here because the decisions that
+//! matter (the pool-wide process limit, taking an idle process from one
+//! group for another) span groups. Waiters get their lease through a
+//! `crossbeam` channel of capacity one, which needs no lock to wake them.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use crate::config::AppOptions;
+use crate::protocol::Connection;
+use crate::spawn::{self, ProcessHandle, Spawner};
+
+/// A connection from the agent to an app process.
+pub type AppConnection = Connection<UnixStream>;
+
+/// How long a process told to stop may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Pool-wide limits (from the server configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// PassengerMaxPoolSize: processes across all apps.
+    pub max_pool_size: usize,
+    /// PassengerMaxInstancesPerApp: processes per app (0 = no limit).
+    pub max_instances_per_app: usize,
+    /// PassengerPoolIdleTime (zero = never shut idle processes down).
+    pub pool_idle_time: Duration,
+}
+
+/// Why a checkout failed.
+#[derive(Debug, Clone)]
+pub enum CheckoutError {
+    /// The group's queue is full (PassengerMaxRequestQueueSize).
+    QueueFull,
+    /// The request waited longer than PassengerMaxRequestQueueTime.
+    QueueTimeout,
+    /// The app could not be started.
+    SpawnFailed(Arc<spawn::Error>),
+    /// The agent is shutting down.
+    ShuttingDown,
+}
+
+impl fmt::Display for CheckoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckoutError::QueueFull => f.write_str("the request queue is full"),
+            CheckoutError::QueueTimeout => f.write_str("the request waited too long in the queue"),
+            CheckoutError::SpawnFailed(e) => write!(f, "{e}"),
+            CheckoutError::ShuttingDown => f.write_str("the agent is shutting down"),
+        }
+    }
+}
+
+/// One app process as the pool sees it.
+struct Process {
+    id: u64,
+    handle: Arc<ProcessHandle>,
+    socket: PathBuf,
+    /// Requests it takes at once; 0 = unlimited.
+    concurrency: u32,
+    /// Requests it is serving now.
+    sessions: u32,
+    /// Connections ready for the next request.
+    idle: Vec<AppConnection>,
+    /// Requests served so far.
+    processed: u64,
+    last_used: Instant,
+    /// Taken out of rotation: it stops once its sessions end.
+    detached: bool,
+}
+
+impl Process {
+    fn has_free_slot(&self) -> bool {
+        !self.detached && (self.concurrency == 0 || self.sessions < self.concurrency)
+    }
+}
+
+type Waiter = Sender<Result<Lease, CheckoutError>>;
+
+/// One application.
+struct Group {
+    options: Arc<AppOptions>,
+    /// Bumped on restart, so a spawn started for old options is discarded.
+    generation: u64,
+    processes: Vec<Process>,
+    spawning: bool,
+    waiters: VecDeque<Waiter>,
+}
+
+impl Group {
+    fn live(&self) -> usize {
+        self.processes.iter().filter(|p| !p.detached).count()
+    }
+}
+
+struct State {
+    limits: Limits,
+    groups: HashMap<String, Group>,
+    next_process_id: u64,
+    shutting_down: bool,
+}
+
+impl State {
+    /// Processes that count against PassengerMaxPoolSize.
+    fn capacity_used(&self) -> usize {
+        self.groups.values().map(|g| g.live() + usize::from(g.spawning)).sum()
+    }
+}
+
+/// Work decided under the lock and carried out after it is released.
+#[derive(Default)]
+struct Deferred {
+    deliveries: Vec<(Waiter, Result<Lease, CheckoutError>)>,
+    spawns: Vec<(String, Arc<AppOptions>, u64)>,
+    stops: Vec<(Arc<ProcessHandle>, PathBuf)>,
+}
+
+/// The pool.
+pub struct Pool {
+    state: Mutex<State>,
+    spawner: Arc<dyn Spawner>,
+    me: Weak<Pool>,
+}
+
+/// A checked-out slot on a process; dropping it checks the slot back in.
+pub struct Lease {
+    pool: Arc<Pool>,
+    group: String,
+    process_id: u64,
+    pid: i32,
+    socket: PathBuf,
+    conn: Option<AppConnection>,
+    reusable: bool,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lease({} pid {})", self.group, self.pid)
+    }
+}
+
+impl Lease {
+    /// The process's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The connection to the process, connecting if there is no idle one.
+    pub fn connection(&mut self) -> io::Result<&mut AppConnection> {
+        if self.conn.is_none() {
+            self.conn = Some(Connection::new(UnixStream::connect(&self.socket)?));
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+
+    /// Whether the connection came from the idle list (it may be stale).
+    pub fn has_connection(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Drops the current connection (after an error on it).
+    pub fn discard_connection(&mut self) {
+        self.conn = None;
+    }
+
+    /// Marks the request as cleanly finished: the connection is kept.
+    pub fn finish(mut self) {
+        self.reusable = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let conn = if self.reusable { self.conn.take() } else { None };
+        self.pool.checkin(&self.group, self.process_id, conn);
+    }
+}
+
+impl Pool {
+    /// A pool that starts processes with `spawner`.
+    pub fn new(spawner: Arc<dyn Spawner>, limits: Limits) -> Arc<Pool> {
+        Arc::new_cyclic(|me| Pool {
+            state: Mutex::new(State {
+                limits,
+                groups: HashMap::new(),
+                next_process_id: 1,
+                shutting_down: false,
+            }),
+            spawner,
+            me: me.clone(),
+        })
+    }
+
+    fn arc(&self) -> Arc<Pool> {
+        self.me.upgrade().expect("the pool is alive while its methods run")
+    }
+
+    /// Applies new limits (a new configuration generation).
+    pub fn set_limits(&self, limits: Limits) {
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            state.limits = limits;
+            let names: Vec<String> = state.groups.keys().cloned().collect();
+            for name in names {
+                self.plan_spawn(&mut state, &name, &mut deferred);
+            }
+        }
+        self.run(deferred);
+    }
+
+    /// Gets a slot on a process of the app described by `options`, waiting
+    /// in the app's queue (and spawning) as needed.
+    pub fn checkout(&self, options: AppOptions) -> Result<Lease, CheckoutError> {
+        let name = options.app_group_name.clone();
+        let max_wait = match options.max_request_queue_time {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
+        let mut deferred = Deferred::default();
+        let receiver = {
+            let mut state = self.state.lock();
+            if state.shutting_down {
+                return Err(CheckoutError::ShuttingDown);
+            }
+            let group = state.groups.entry(name.clone()).or_insert_with(|| Group {
+                options: Arc::new(options.clone()),
+                generation: 0,
+                processes: Vec::new(),
+                spawning: false,
+                waiters: VecDeque::new(),
+            });
+            if needs_restart(&group.options, &options) {
+                log::info!(target: "MP0401", "the options of {name} changed: restarting it");
+                group.options = Arc::new(options);
+                group.generation += 1;
+                detach_all(group, &mut deferred);
+            }
+            if let Some(lease) = self.assign(group, &name) {
+                return Ok(lease);
+            }
+            let max_queue = group.options.max_request_queue_size as usize;
+            if max_queue > 0 && group.waiters.len() >= max_queue {
+                return Err(CheckoutError::QueueFull);
+            }
+            let (sender, receiver) = channel::bounded(1);
+            group.waiters.push_back(sender);
+            self.plan_spawn(&mut state, &name, &mut deferred);
+            receiver
+        };
+        self.run(deferred);
+        match max_wait {
+            None => receiver.recv().unwrap_or(Err(CheckoutError::ShuttingDown)),
+            Some(limit) => match receiver.recv_timeout(limit) {
+                Ok(result) => result,
+                Err(RecvTimeoutError::Timeout) => Err(CheckoutError::QueueTimeout),
+                Err(RecvTimeoutError::Disconnected) => Err(CheckoutError::ShuttingDown),
+            },
+        }
+    }
+
+    /// Takes a free slot in `group`, if there is one.
+    fn assign(&self, group: &mut Group, name: &str) -> Option<Lease> {
+        let process = group
+            .processes
+            .iter_mut()
+            .filter(|p| p.has_free_slot())
+            .min_by_key(|p| p.sessions)?;
+        process.sessions += 1;
+        Some(Lease {
+            pool: self.arc(),
+            group: name.to_owned(),
+            process_id: process.id,
+            pid: process.handle.pid(),
+            socket: process.socket.clone(),
+            conn: process.idle.pop(),
+            reusable: false,
+        })
+    }
+
+    /// Hands free slots of `name` to its waiters (deliveries are deferred).
+    fn serve_waiters(&self, state: &mut State, name: &str, deferred: &mut Deferred) {
+        let Some(group) = state.groups.get_mut(name) else { return };
+        while !group.waiters.is_empty() {
+            let Some(lease) = self.assign(group, name) else { break };
+            let waiter = group.waiters.pop_front().expect("not empty");
+            deferred.deliveries.push((waiter, Ok(lease)));
+        }
+    }
+
+    /// Decides whether `name` should spawn a process now, making room in
+    /// the pool by stopping an idle process of another app if needed.
+    fn plan_spawn(&self, state: &mut State, name: &str, deferred: &mut Deferred) {
+        let limits = state.limits;
+        let used = state.capacity_used();
+        let Some(group) = state.groups.get(name) else { return };
+        if group.spawning || state.shutting_down {
+            return;
+        }
+        let live = group.live();
+        let min = group.options.min_instances as usize;
+        let busy = group.processes.iter().all(|p| !p.has_free_slot());
+        let wanted = (!group.waiters.is_empty() && busy) || (live < min && live > 0);
+        if !wanted {
+            return;
+        }
+        let per_app = [limits.max_instances_per_app, group.options.max_instances as usize]
+            .into_iter()
+            .filter(|&n| n > 0)
+            .min();
+        if per_app.is_some_and(|max| live >= max) {
+            return;
+        }
+        if used >= limits.max_pool_size && !self.evict_idle_elsewhere(state, name, deferred) {
+            return;
+        }
+        let group = state.groups.get_mut(name).expect("checked above");
+        group.spawning = true;
+        deferred.spawns.push((name.to_owned(), Arc::clone(&group.options), group.generation));
+    }
+
+    /// Stops the longest-idle process of another group to make room.
+    fn evict_idle_elsewhere(&self, state: &mut State, name: &str, deferred: &mut Deferred) -> bool {
+        let victim = state
+            .groups
+            .iter()
+            .filter(|(other, _)| other.as_str() != name)
+            .flat_map(|(other, g)| {
+                g.processes
+                    .iter()
+                    .filter(|p| !p.detached && p.sessions == 0)
+                    .map(move |p| (other.clone(), p.id, p.last_used))
+            })
+            .min_by_key(|(_, _, last_used)| *last_used);
+        let Some((other, id, _)) = victim else { return false };
+        let group = state.groups.get_mut(&other).expect("found above");
+        log::info!(target: "MP0402", "stopping an idle process of {other} to make room for {name}");
+        detach(group, id, deferred);
+        true
+    }
+
+    /// Carries out work decided under the lock.
+    fn run(&self, deferred: Deferred) {
+        for (waiter, result) in deferred.deliveries {
+            // A waiter that gave up has dropped its receiver; the lease
+            // inside the error is dropped here, which checks it back in.
+            let _ = waiter.send(result);
+        }
+        for (handle, socket) in deferred.stops {
+            handle.terminate(STOP_GRACE);
+            let _ = std::fs::remove_file(socket);
+        }
+        for (name, options, generation) in deferred.spawns {
+            let pool = self.arc();
+            let spawned = std::thread::Builder::new()
+                .name("spawner".into())
+                .spawn(move || pool.spawn_one(&name, &options, generation));
+            if let Err(e) = spawned {
+                log::error!(target: "MP0403", "cannot start a spawner thread: {e}");
+            }
+        }
+    }
+
+    /// Spawns one process for `name` (on a spawner thread).
+    fn spawn_one(&self, name: &str, options: &Arc<AppOptions>, generation: u64) {
+        let result = self.spawner.spawn(options);
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            let process_id = state.next_process_id;
+            state.next_process_id += 1;
+            let shutting_down = state.shutting_down;
+            let Some(group) = state.groups.get_mut(name) else {
+                if let Ok(spawned) = result {
+                    deferred.stops.push((spawned.handle, spawned.socket));
+                }
+                drop(state);
+                self.run(deferred);
+                return;
+            };
+            group.spawning = false;
+            match result {
+                Ok(spawned) if group.generation == generation && !shutting_down => {
+                    let pool = self.me.clone();
+                    let group_name = name.to_owned();
+                    spawned.handle.on_exit(Box::new(move || {
+                        if let Some(pool) = pool.upgrade() {
+                            pool.process_exited(&group_name, process_id);
+                        }
+                    }));
+                    group.processes.push(Process {
+                        id: process_id,
+                        handle: spawned.handle,
+                        socket: spawned.socket,
+                        concurrency: spawned.concurrency,
+                        sessions: 0,
+                        idle: Vec::new(),
+                        processed: 0,
+                        last_used: Instant::now(),
+                        detached: false,
+                    });
+                    self.serve_waiters(&mut state, name, &mut deferred);
+                }
+                Ok(spawned) => deferred.stops.push((spawned.handle, spawned.socket)),
+                Err(e) => {
+                    log::error!(target: "MP0404", "{e}");
+                    if !e.details.is_empty() {
+                        log::error!(target: "MP0404", "details: {}", e.details);
+                    }
+                    let e = Arc::new(e);
+                    for waiter in group.waiters.drain(..) {
+                        deferred.deliveries.push((waiter, Err(CheckoutError::SpawnFailed(Arc::clone(&e)))));
+                    }
+                }
+            }
+            self.plan_spawn(&mut state, name, &mut deferred);
+        }
+        self.run(deferred);
+    }
+
+    /// Returns a slot (from a dropped [`Lease`]).
+    fn checkin(&self, name: &str, process_id: u64, conn: Option<AppConnection>) {
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            let Some(group) = state.groups.get_mut(name) else { return };
+            let max_requests = group.options.max_requests;
+            let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else {
+                return;
+            };
+            process.sessions -= 1;
+            process.processed += 1;
+            process.last_used = Instant::now();
+            if let Some(conn) = conn {
+                if !process.detached {
+                    process.idle.push(conn);
+                }
+            }
+            if max_requests > 0 && process.processed >= max_requests && !process.detached {
+                log::info!(
+                    target: "MP0405",
+                    "process {} of {name} served {max_requests} requests (PassengerMaxRequests): replacing it",
+                    process.handle.pid()
+                );
+                detach(group, process_id, &mut deferred);
+            } else if process.detached && process.sessions == 0 {
+                remove_and_stop(group, process_id, &mut deferred);
+            }
+            self.serve_waiters(&mut state, name, &mut deferred);
+            self.plan_spawn(&mut state, name, &mut deferred);
+            // A freed process may be what another app is waiting for.
+            let waiting: Vec<String> = state
+                .groups
+                .iter()
+                .filter(|(other, g)| other.as_str() != name && !g.waiters.is_empty() && !g.spawning)
+                .map(|(other, _)| other.clone())
+                .collect();
+            for other in waiting {
+                self.plan_spawn(&mut state, &other, &mut deferred);
+            }
+        }
+        self.run(deferred);
+    }
+
+    /// Called when a process exited, expectedly or not.
+    fn process_exited(&self, name: &str, process_id: u64) {
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            let Some(group) = state.groups.get_mut(name) else { return };
+            let Some(index) = group.processes.iter().position(|p| p.id == process_id) else { return };
+            let process = group.processes.remove(index);
+            let _ = std::fs::remove_file(&process.socket);
+            if !process.detached {
+                log::warn!(
+                    target: "MP0406",
+                    "process {} of {name} exited unexpectedly{}",
+                    process.handle.pid(),
+                    if process.sessions > 0 { " while serving a request" } else { "" }
+                );
+            }
+            self.serve_waiters(&mut state, name, &mut deferred);
+            self.plan_spawn(&mut state, name, &mut deferred);
+        }
+        self.run(deferred);
+    }
+
+    /// Stops processes idle longer than PassengerPoolIdleTime, keeping
+    /// PassengerMinInstances per app; forgets groups with nothing left.
+    pub fn collect_idle(&self) {
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            let idle_time = state.limits.pool_idle_time;
+            for (name, group) in state.groups.iter_mut() {
+                if idle_time.is_zero() {
+                    break;
+                }
+                let min = group.options.min_instances as usize;
+                let mut idle: Vec<(u64, Instant)> = group
+                    .processes
+                    .iter()
+                    .filter(|p| !p.detached && p.sessions == 0 && p.last_used.elapsed() >= idle_time)
+                    .map(|p| (p.id, p.last_used))
+                    .collect();
+                idle.sort_by_key(|&(_, last_used)| last_used);
+                let mut live = group.live();
+                for (id, _) in idle {
+                    if live <= min {
+                        break;
+                    }
+                    log::info!(target: "MP0407", "stopping an idle process of {name} (PassengerPoolIdleTime)");
+                    detach(group, id, &mut deferred);
+                    live -= 1;
+                }
+            }
+            state.groups.retain(|_, g| !g.processes.is_empty() || g.spawning || !g.waiters.is_empty());
+        }
+        self.run(deferred);
+    }
+
+    /// Stops every process and refuses further checkouts. Returns when all
+    /// have exited or `timeout` has passed (stragglers are killed).
+    pub fn shutdown(&self, timeout: Duration) {
+        let handles: Vec<(Arc<ProcessHandle>, PathBuf)> = {
+            let mut state = self.state.lock();
+            state.shutting_down = true;
+            state
+                .groups
+                .values_mut()
+                .flat_map(|g| {
+                    g.waiters.clear();
+                    g.processes.drain(..).map(|p| (p.handle, p.socket))
+                })
+                .collect()
+        };
+        for (handle, _) in &handles {
+            handle.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        for (handle, socket) in &handles {
+            if !handle.wait_exit(deadline.saturating_duration_since(Instant::now())) {
+                handle.kill();
+                handle.wait_exit(Duration::from_secs(2));
+            }
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+
+    /// A snapshot for status reports and tests.
+    pub fn snapshot(&self) -> Vec<GroupSnapshot> {
+        let state = self.state.lock();
+        let mut groups: Vec<GroupSnapshot> = state
+            .groups
+            .iter()
+            .map(|(name, g)| GroupSnapshot {
+                name: name.clone(),
+                app_root: g.options.app_root.clone(),
+                waiting: g.waiters.len(),
+                spawning: g.spawning,
+                processes: g
+                    .processes
+                    .iter()
+                    .map(|p| ProcessSnapshot {
+                        pid: p.handle.pid(),
+                        sessions: p.sessions,
+                        processed: p.processed,
+                        detached: p.detached,
+                        idle_for: p.last_used.elapsed(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        groups
+    }
+}
+
+/// A group, as reported by [`Pool::snapshot`].
+#[derive(Debug, Clone)]
+pub struct GroupSnapshot {
+    /// The group name.
+    pub name: String,
+    /// The app root.
+    pub app_root: String,
+    /// Requests in the queue.
+    pub waiting: usize,
+    /// A spawn is in progress.
+    pub spawning: bool,
+    /// Its processes.
+    pub processes: Vec<ProcessSnapshot>,
+}
+
+/// A process, as reported by [`Pool::snapshot`].
+#[derive(Debug, Clone)]
+pub struct ProcessSnapshot {
+    /// Its pid.
+    pub pid: i32,
+    /// Requests in progress.
+    pub sessions: u32,
+    /// Requests served.
+    pub processed: u64,
+    /// Leaving the pool.
+    pub detached: bool,
+    /// Time since it last finished a request.
+    pub idle_for: Duration,
+}
+
+/// Whether new options change how the app's processes are started.
+fn needs_restart(old: &AppOptions, new: &AppOptions) -> bool {
+    old.app_root != new.app_root
+        || old.app_type != new.app_type
+        || old.startup_file != new.startup_file
+        || old.app_env != new.app_env
+        || old.python != new.python
+        || old.ruby != new.ruby
+        || old.nodejs != new.nodejs
+        || old.user != new.user
+        || old.group != new.group
+        || old.spawn_method != new.spawn_method
+}
+
+/// Takes a process out of rotation; it stops when its last request ends.
+fn detach(group: &mut Group, process_id: u64, deferred: &mut Deferred) {
+    let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else { return };
+    process.detached = true;
+    process.idle.clear();
+    if process.sessions == 0 {
+        remove_and_stop(group, process_id, deferred);
+    }
+}
+
+fn detach_all(group: &mut Group, deferred: &mut Deferred) {
+    let ids: Vec<u64> = group.processes.iter().map(|p| p.id).collect();
+    for id in ids {
+        detach(group, id, deferred);
+    }
+}
+
+fn remove_and_stop(group: &mut Group, process_id: u64, deferred: &mut Deferred) {
+    if let Some(index) = group.processes.iter().position(|p| p.id == process_id) {
+        let process = group.processes.remove(index);
+        deferred.stops.push((process.handle, process.socket));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::spawn::dummy::DummySpawner;
+
+    fn options(root: &str, extra: &[(&str, &str)]) -> AppOptions {
+        let mut pairs = vec![
+            (b"PassengerAppRoot".to_vec(), root.as_bytes().to_vec()),
+            (b"PassengerAppType".to_vec(), b"wsgi".to_vec()),
+        ];
+        pairs.extend(extra.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())));
+        AppOptions::from_pairs(&pairs).expect("valid options")
+    }
+
+    fn pool(max_pool_size: usize) -> (Arc<Pool>, Arc<DummySpawner>) {
+        let spawner = Arc::new(DummySpawner::default());
+        let limits = Limits { max_pool_size, max_instances_per_app: 0, pool_idle_time: Duration::from_secs(300) };
+        (Pool::new(spawner.clone(), limits), spawner)
+    }
+
+    fn live(pool: &Pool) -> usize {
+        pool.snapshot().iter().map(|g| g.processes.iter().filter(|p| !p.detached).count()).sum()
+    }
+
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_process_per_concurrent_request_up_to_the_pool_size() {
+        let (pool, spawner) = pool(2);
+        let a = pool.checkout(options("/app", &[])).unwrap();
+        let b = pool.checkout(options("/app", &[])).unwrap();
+        assert_ne!(a.pid(), b.pid());
+        assert_eq!(spawner.spawned.load(Ordering::SeqCst), 2);
+        // The pool is full: the third request waits for a free process.
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.checkout(options("/app", &[])).map(|l| l.pid()))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(spawner.spawned.load(Ordering::SeqCst), 2);
+        let freed = a.pid();
+        drop(a);
+        assert_eq!(waiter.join().unwrap().unwrap(), freed);
+        drop(b);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_full_queue_is_refused() {
+        let (pool, _) = pool(1);
+        let held = pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")])).unwrap();
+        let queued = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")])).is_ok())
+        };
+        eventually("one request queued", || pool.snapshot()[0].waiting == 1);
+        let refused = pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]));
+        assert!(matches!(refused, Err(CheckoutError::QueueFull)));
+        drop(held);
+        assert!(queued.join().unwrap());
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_spawn_failure_reaches_every_waiter() {
+        let (pool, spawner) = pool(4);
+        spawner.fail.store(true, Ordering::SeqCst);
+        *spawner.delay.lock() = Duration::from_millis(200);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || pool.checkout(options("/broken", &[])))
+            })
+            .collect();
+        for w in waiters {
+            assert!(matches!(w.join().unwrap(), Err(CheckoutError::SpawnFailed(_))));
+        }
+        assert_eq!(spawner.spawned.load(Ordering::SeqCst), 1, "one spawn serves all waiters");
+    }
+
+    #[test]
+    fn an_idle_process_of_another_app_makes_room() {
+        let (pool, _) = pool(1);
+        let a = pool.checkout(options("/a", &[])).unwrap();
+        let a_pid = a.pid();
+        drop(a);
+        let b = pool.checkout(options("/b", &[])).unwrap();
+        assert_ne!(b.pid(), a_pid);
+        eventually("the idle process of /a to stop", || !crate::spawn::process_alive_for_tests(a_pid));
+        drop(b);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn max_requests_recycles_a_process() {
+        let (pool, spawner) = pool(2);
+        let opts = || options("/app", &[("PassengerMaxRequests", "2")]);
+        let first = pool.checkout(opts()).unwrap().pid();
+        let second = pool.checkout(opts()).unwrap().pid();
+        assert_eq!(first, second);
+        let third = pool.checkout(opts()).unwrap().pid();
+        assert_ne!(third, first);
+        assert_eq!(spawner.spawned.load(Ordering::SeqCst), 2);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn idle_processes_are_stopped_down_to_min_instances() {
+        let spawner = Arc::new(DummySpawner::default());
+        let limits = Limits { max_pool_size: 4, max_instances_per_app: 0, pool_idle_time: Duration::from_millis(50) };
+        let pool = Pool::new(spawner.clone(), limits);
+        let opts = || options("/app", &[("PassengerMinInstances", "0")]);
+        let a = pool.checkout(opts()).unwrap();
+        let b = pool.checkout(opts()).unwrap();
+        drop((a, b));
+        std::thread::sleep(Duration::from_millis(100));
+        pool.collect_idle();
+        assert_eq!(live(&pool), 0);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_dead_process_is_forgotten_and_replaced() {
+        let (pool, spawner) = pool(2);
+        let pid = pool.checkout(options("/app", &[])).unwrap().pid();
+        spawner.handles.lock()[0].kill();
+        eventually("the dead process to leave the pool", || live(&pool) == 0);
+        let again = pool.checkout(options("/app", &[])).unwrap();
+        assert_ne!(again.pid(), pid);
+        drop(again);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn changed_options_restart_the_group() {
+        let (pool, _) = pool(2);
+        let old = pool.checkout(options("/app", &[])).unwrap().pid();
+        let new = pool.checkout(options("/app", &[("PassengerStartupFile", "other.py")])).unwrap().pid();
+        assert_ne!(old, new);
+        pool.shutdown(Duration::from_secs(5));
+    }
+}

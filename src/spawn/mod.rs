@@ -1,0 +1,388 @@
+//! Starting application processes.
+//!
+//! A spawn is a short journey of recorded steps:
+//!
+//! ```text
+//! prepare   resolve the user and group, the interpreter and the loader;
+//!           create the app's listening socket (the agent owns its path)
+//! exec      fork and exec the loader as the app's user (see `exec`)
+//! ready     wait, up to PassengerStartTimeout, for the loader's READY
+//!           frame on the readiness pipe (fd 4)
+//! ```
+//!
+//! A failure is data ([`Error`]): the step, what went wrong, the app's own
+//! report (a traceback), its output, and the user and group it ran as, so
+//! the log and the error page can say where and why it failed.
+//!
+//! The process is watched by a thread that relays its output to the log
+//! and reaps it ([`ProcessHandle`]); the pool hears of its exit through
+//! [`ProcessHandle::on_exit`].
+
+#[cfg(test)]
+pub mod dummy;
+mod exec;
+pub mod process;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::{Group, User};
+use parking_lot::Mutex;
+
+use crate::config::{AppOptions, AppType};
+use crate::protocol::{Message, parse_frame};
+pub use process::ProcessHandle;
+
+/// The steps of a spawn, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Resolving users, files and the socket.
+    Prepare,
+    /// Starting the loader.
+    Exec,
+    /// Waiting for the app to load and report readiness.
+    Ready,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Prepare => "preparing the spawn",
+            Step::Exec => "starting the loader",
+            Step::Ready => "loading the application",
+        })
+    }
+}
+
+/// A failed spawn, with everything needed to explain it.
+#[derive(Debug, Clone)]
+pub struct Error {
+    /// The step that failed.
+    pub step: Step,
+    /// One line: what went wrong.
+    pub summary: String,
+    /// More detail, such as the app's traceback.
+    pub details: String,
+    /// The last lines the process printed.
+    pub output: String,
+    /// The user the app was (to be) started as.
+    pub user: String,
+    /// The group the app was (to be) started as.
+    pub group: String,
+    /// The application root.
+    pub app_root: String,
+    /// How long the spawn ran before it failed.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the application in {} could not be started while {} (as user {}, group {}): {}",
+            self.app_root, self.step, self.user, self.group, self.summary
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A process that reported readiness.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its handle (pid, signals, exit notification).
+    pub handle: Arc<ProcessHandle>,
+    /// The path the agent connects to.
+    pub socket: PathBuf,
+    /// How many requests it takes at once (0 = unlimited).
+    pub concurrency: u32,
+}
+
+/// Something that starts application processes. The pool holds one; tests
+/// give it a stand-in.
+pub trait Spawner: Send + Sync {
+    /// Starts one process of the app described by `options`.
+    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Error>;
+}
+
+/// Identity rules that come from the server configuration.
+#[derive(Debug, Clone)]
+pub struct UserPolicy {
+    /// PassengerUserSwitching.
+    pub user_switching: bool,
+    /// PassengerDefaultUser.
+    pub default_user: String,
+    /// PassengerDefaultGroup (None: the default user's primary group).
+    pub default_group: Option<String>,
+}
+
+/// The real spawner: runs the loaders shipped in the instance directory.
+pub struct LoaderSpawner {
+    apps_dir: PathBuf,
+    loaders_dir: PathBuf,
+    policy: Mutex<UserPolicy>,
+    next_id: AtomicU64,
+}
+
+/// How many lines of a process's output are kept for error reports.
+const KEPT_OUTPUT_LINES: usize = 40;
+
+/// The PATH apps get, and where interpreters are looked up.
+const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl LoaderSpawner {
+    /// A spawner that creates sockets in `apps_dir` and runs loaders from `loaders_dir`.
+    pub fn new(apps_dir: PathBuf, loaders_dir: PathBuf, policy: UserPolicy) -> LoaderSpawner {
+        LoaderSpawner { apps_dir, loaders_dir, policy: Mutex::new(policy), next_id: AtomicU64::new(1) }
+    }
+
+    /// Applies a new configuration generation's user rules.
+    pub fn set_policy(&self, policy: UserPolicy) {
+        *self.policy.lock() = policy;
+    }
+}
+
+/// Who an app runs as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user.
+    pub user: User,
+    /// The primary group.
+    pub group: Group,
+    /// Supplementary groups.
+    pub groups: Vec<nix::unistd::Gid>,
+}
+
+impl Spawner for LoaderSpawner {
+    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Error> {
+        let started = Instant::now();
+        let error = |step: Step, summary: String, ident: Option<&Identity>| Error {
+            step,
+            summary,
+            details: String::new(),
+            output: String::new(),
+            user: ident.map_or_else(|| "?".into(), |i| i.user.name.clone()),
+            group: ident.map_or_else(|| "?".into(), |i| i.group.name.clone()),
+            app_root: options.app_root.clone(),
+            elapsed: started.elapsed(),
+        };
+        let policy = self.policy.lock().clone();
+        let ident = resolve_identity(options, &policy).map_err(|e| error(Step::Prepare, e, None))?;
+        let (program, args) =
+            self.command_line(options).map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let socket = self.apps_dir.join(format!("{}.{id}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(|e| {
+            error(Step::Prepare, format!("cannot create the socket {}: {e}", socket.display()), Some(&ident))
+        })?;
+        let env = app_environment(options, &ident);
+        let plan = exec::Plan {
+            program,
+            args,
+            env,
+            cwd: PathBuf::from(&options.app_root),
+            identity: ident.clone(),
+        };
+        let launched = exec::launch(&plan, listener.as_fd()).map_err(|e| {
+            let _ = std::fs::remove_file(&socket);
+            error(Step::Exec, e, Some(&ident))
+        })?;
+        drop(listener);
+
+        let output = Arc::new(Mutex::new(VecDeque::new()));
+        let handle = ProcessHandle::watch(launched.pid, launched.output, Arc::clone(&output));
+        match wait_ready(launched.ready, options.start_timeout) {
+            Ok(concurrency) => {
+                log::info!(
+                    target: "MP0301",
+                    "started {} (pid {}) as {}:{} in {} ms",
+                    options.app_group_name,
+                    launched.pid,
+                    ident.user.name,
+                    ident.group.name,
+                    started.elapsed().as_millis()
+                );
+                Ok(Spawned { handle, socket, concurrency })
+            }
+            Err((summary, details)) => {
+                handle.kill();
+                handle.wait_exit(Duration::from_secs(2));
+                let _ = std::fs::remove_file(&socket);
+                let mut e = error(Step::Ready, summary, Some(&ident));
+                e.details = details;
+                e.output = output.lock().iter().cloned().collect::<Vec<_>>().join("\n");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl LoaderSpawner {
+    /// The interpreter and arguments that run the app's loader.
+    fn command_line(&self, options: &AppOptions) -> Result<(PathBuf, Vec<String>), String> {
+        match options.app_type {
+            AppType::Wsgi => {
+                let python = match &options.python {
+                    Some(python) => find_program(python)
+                        .ok_or_else(|| format!("PassengerPython {python} was not found"))?,
+                    None => find_program("python3").or_else(|| find_program("python")).ok_or_else(
+                        || "neither python3 nor python was found in PATH; set PassengerPython".to_owned(),
+                    )?,
+                };
+                let loader = self.loaders_dir.join("wsgi-loader.py");
+                Ok((python, vec![loader.to_string_lossy().into_owned()]))
+            }
+            other => Err(format!("{} applications are not supported yet", other.name())),
+        }
+    }
+}
+
+/// Finds a program by absolute path or in [`SAFE_PATH`].
+fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
+    SAFE_PATH.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
+}
+
+/// Decides who the app runs as. Never root.
+pub fn resolve_identity(options: &AppOptions, policy: &UserPolicy) -> Result<Identity, String> {
+    let me = nix::unistd::geteuid();
+    if !me.is_root() {
+        // Not root: everything runs as the agent's own user.
+        let user = User::from_uid(me)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("the agent's uid {me} is not in the password database"))?;
+        let group = Group::from_gid(user.gid)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("group {} is not in the group database", user.gid))?;
+        return Ok(Identity { groups: vec![group.gid], user, group });
+    }
+    let lookup_user = |name: &str, directive: &str| {
+        User::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("{directive} {name}: no such user"))
+    };
+    let mut user = match (&options.user, policy.user_switching) {
+        (Some(name), _) => lookup_user(name, "PassengerUser")?,
+        _ => lookup_user(&policy.default_user, "PassengerDefaultUser")?,
+    };
+    if user.uid.is_root() {
+        log::info!(target: "MP0302", "apps never run as root: using PassengerDefaultUser {}", policy.default_user);
+        user = lookup_user(&policy.default_user, "PassengerDefaultUser")?;
+        if user.uid.is_root() {
+            return Err("PassengerDefaultUser is root; apps never run as root".into());
+        }
+    }
+    let group_name = options.group.as_ref().or(policy.default_group.as_ref());
+    let group = match group_name {
+        Some(name) => Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("PassengerGroup {name}: no such group"))?,
+        None => Group::from_gid(user.gid)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("the primary group {} of {} does not exist", user.gid, user.name))?,
+    };
+    let cname = std::ffi::CString::new(user.name.clone()).map_err(|e| e.to_string())?;
+    let mut groups = nix::unistd::getgrouplist(&cname, group.gid).unwrap_or_else(|_| vec![group.gid]);
+    if !groups.contains(&group.gid) {
+        groups.push(group.gid);
+    }
+    Ok(Identity { user, group, groups })
+}
+
+/// The environment an app process starts with.
+fn app_environment(options: &AppOptions, ident: &Identity) -> Vec<(String, String)> {
+    let home = ident.user.dir.to_string_lossy().into_owned();
+    let shell = ident.user.shell.to_string_lossy().into_owned();
+    let mut env = vec![
+        ("PATH".to_owned(), SAFE_PATH.to_owned()),
+        ("HOME".to_owned(), home),
+        ("USER".to_owned(), ident.user.name.clone()),
+        ("LOGNAME".to_owned(), ident.user.name.clone()),
+        ("SHELL".to_owned(), shell),
+        ("LANG".to_owned(), std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_owned())),
+        ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+        ("PASSENGER_APP_ROOT".to_owned(), options.app_root.clone()),
+        ("PASSENGER_STARTUP_FILE".to_owned(), options.startup_file.clone()),
+        ("PASSENGER_APP_TYPE".to_owned(), options.app_type.name().to_owned()),
+        ("PASSENGER_APP_GROUP_NAME".to_owned(), options.app_group_name.clone()),
+    ];
+    for var in ["PASSENGER_APP_ENV", "RAILS_ENV", "RACK_ENV", "WSGI_ENV", "NODE_ENV"] {
+        env.push((var.to_owned(), options.app_env.clone()));
+    }
+    if let Some(base) = &options.base_uri {
+        for var in ["PASSENGER_BASE_URI", "RAILS_RELATIVE_URL_ROOT", "RACK_BASE_URI"] {
+            env.push((var.to_owned(), base.clone()));
+        }
+    }
+    env
+}
+
+/// Waits for READY (returns its concurrency) or SPAWN_ERROR on the
+/// readiness pipe, up to `timeout`.
+fn wait_ready(pipe: OwnedFd, timeout: Duration) -> Result<u32, (String, String)> {
+    let deadline = Instant::now() + timeout;
+    let mut file = std::fs::File::from(pipe);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match parse_frame(&buf) {
+            Ok(Some((_, Message::Ready { concurrency }, _))) => return Ok(concurrency),
+            Ok(Some((_, Message::SpawnError { summary, details }, _))) => {
+                return Err((
+                    String::from_utf8_lossy(&summary).into_owned(),
+                    String::from_utf8_lossy(&details).into_owned(),
+                ));
+            }
+            Ok(Some((_, other, _))) => {
+                return Err((format!("the loader sent an unexpected frame (type {:#04x})", other.kind()), String::new()));
+            }
+            Ok(None) => {}
+            Err(e) => return Err((format!("the loader's readiness report is invalid: {e}"), String::new())),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err((
+                format!("the application did not become ready within {} s (PassengerStartTimeout)", timeout.as_secs()),
+                String::new(),
+            ));
+        }
+        let millis = u16::try_from(left.as_millis().min(10_000)).unwrap_or(10_000);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err((format!("cannot wait for the application: {e}"), String::new())),
+        }
+        match file.read(&mut chunk) {
+            Ok(0) => {
+                return Err(("the application exited before it became ready".to_owned(), String::new()));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((format!("cannot read the readiness pipe: {e}"), String::new())),
+        }
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process; for tests.
+#[cfg(test)]
+pub fn process_alive_for_tests(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
