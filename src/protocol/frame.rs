@@ -64,6 +64,14 @@ pub mod kind {
     pub const READY: u8 = 0x60;
     /// `SPAWN_ERROR`: an app process failed to load (on the readiness pipe).
     pub const SPAWN_ERROR: u8 = 0x61;
+    /// `FORK`: the agent asks a preloader for a worker (fds attached).
+    pub const FORK: u8 = 0x70;
+    /// `FORKED`: the preloader's answer to `FORK` (the worker's pid).
+    pub const FORKED: u8 = 0x71;
+    /// `OOB_WORK`: the agent tells an idle process to do out-of-band work.
+    pub const OOB_WORK: u8 = 0x72;
+    /// `OOB_DONE`: the process finished its out-of-band work.
+    pub const OOB_DONE: u8 = 0x73;
 }
 
 /// The spec name of a type code (`"HELLO"`, `"READ_BODY"`, …), or `None`
@@ -87,6 +95,10 @@ pub fn kind_name(code: u8) -> Option<&'static str> {
         kind::STATUS_REPLY => "STATUS_REPLY",
         kind::READY => "READY",
         kind::SPAWN_ERROR => "SPAWN_ERROR",
+        kind::FORK => "FORK",
+        kind::FORKED => "FORKED",
+        kind::OOB_WORK => "OOB_WORK",
+        kind::OOB_DONE => "OOB_DONE",
         _ => return None,
     })
 }
@@ -294,6 +306,10 @@ mod tests {
             kind::STATUS_REPLY,
             kind::READY,
             kind::SPAWN_ERROR,
+            kind::FORK,
+            kind::FORKED,
+            kind::OOB_WORK,
+            kind::OOB_DONE,
         ];
         let known = (0..=255u8).filter(|c| kind_name(*c).is_some()).count();
         assert_eq!(known, codes.len());

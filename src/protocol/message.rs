@@ -173,6 +173,19 @@ pub enum Message {
         /// Details such as a traceback.
         details: Vec<u8>,
     },
+    /// `FORK`: asks a preloader to fork a worker. The worker's listening
+    /// socket, readiness pipe and output pipe travel beside the frame as
+    /// `SCM_RIGHTS` file descriptors, in that order.
+    Fork,
+    /// `FORKED`: the preloader forked a worker.
+    Forked {
+        /// The worker's pid (checked by the agent, never trusted blindly).
+        pid: u32,
+    },
+    /// `OOB_WORK`: do out-of-band work now (the process is out of rotation).
+    OobWork,
+    /// `OOB_DONE`: the out-of-band work is finished.
+    OobDone,
 }
 
 impl Message {
@@ -196,6 +209,10 @@ impl Message {
             Message::StatusReply { .. } => kind::STATUS_REPLY,
             Message::Ready { .. } => kind::READY,
             Message::SpawnError { .. } => kind::SPAWN_ERROR,
+            Message::Fork => kind::FORK,
+            Message::Forked { .. } => kind::FORKED,
+            Message::OobWork => kind::OOB_WORK,
+            Message::OobDone => kind::OOB_DONE,
         }
     }
 
@@ -209,6 +226,8 @@ impl Message {
             Message::Configure { config, .. } => 8 + bytes_len(config),
             Message::ConfigureOk | Message::End | Message::More => 0,
             Message::Ping | Message::Pong => 0,
+            Message::Fork | Message::OobWork | Message::OobDone => 0,
+            Message::Forked { .. } => 4,
             Message::Request(r) => 1 + pairs_len(&r.options) + pairs_len(&r.env),
             Message::Body(data) => data.len(),
             Message::ReadBody { .. } => 4,
@@ -261,6 +280,8 @@ impl Message {
             }
             Message::ConfigureOk | Message::End | Message::More => {}
             Message::Ping | Message::Pong => {}
+            Message::Fork | Message::OobWork | Message::OobDone => {}
+            Message::Forked { pid } => out.extend_from_slice(&pid.to_be_bytes()),
             Message::Request(r) => {
                 out.push(r.flags);
                 put_pairs(out, &r.options);
@@ -361,6 +382,10 @@ impl Message {
                 summary: r.bytes()?,
                 details: r.bytes()?,
             },
+            kind::FORK => Message::Fork,
+            kind::FORKED => Message::Forked { pid: r.u32()? },
+            kind::OOB_WORK => Message::OobWork,
+            kind::OOB_DONE => Message::OobDone,
             other => return Err(Error::UnknownType(other)),
         };
         r.finish()?;
@@ -565,6 +590,10 @@ mod tests {
                 summary: b"boom".to_vec(),
                 details: b"Traceback\n".to_vec(),
             },
+            Message::Fork,
+            Message::Forked { pid: 31337 },
+            Message::OobWork,
+            Message::OobDone,
         ]
     }
 
@@ -939,6 +968,12 @@ mod tests {
                 summary: field_bytes(v, "summary"),
                 details: field_bytes(v, "details"),
             },
+            "FORK" => Message::Fork,
+            "FORKED" => Message::Forked {
+                pid: n("pid") as u32,
+            },
+            "OOB_WORK" => Message::OobWork,
+            "OOB_DONE" => Message::OobDone,
             other => panic!("unknown type {other} in vector {v}"),
         }
     }
