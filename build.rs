@@ -29,15 +29,21 @@ fn main() {
 fn apache_include_dirs() -> Vec<PathBuf> {
     let apxs = env::var("APXS").unwrap_or_else(|_| "apxs".to_owned());
     let query = |var: &str| -> String {
-        let output = Command::new(&apxs).args(["-q", var]).output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{apxs}` ({e}): Apache's development files are needed to build \
+        let output = Command::new(&apxs)
+            .args(["-q", var])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `{apxs}` ({e}): Apache's development files are needed to build \
                  mod_passenger. On Debian: apt-get install apache2-dev (or set APXS to the \
                  path of apxs)"
-            )
-        });
+                )
+            });
         if !output.status.success() {
-            panic!("`{apxs} -q {var}` failed: {}", String::from_utf8_lossy(&output.stderr));
+            panic!(
+                "`{apxs} -q {var}` failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
@@ -47,7 +53,10 @@ fn apache_include_dirs() -> Vec<PathBuf> {
         dirs.push(PathBuf::from(apr));
     }
     for dir in &dirs {
-        if !dir.join(if dir == &dirs[0] { "httpd.h" } else { "apr.h" }).exists() {
+        if !dir
+            .join(if dir == &dirs[0] { "httpd.h" } else { "apr.h" })
+            .exists()
+        {
             panic!(
                 "{} lacks the expected headers: install apache2-dev (Debian) or set APXS",
                 dir.display()

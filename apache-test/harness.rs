@@ -8,7 +8,7 @@
 //! line at warn level or above that the test did not allow (by its stable
 //! tag, e.g. `MP0406`) fails the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,10 @@ impl Scenario {
     /// A scenario with this configuration text. `{dir}` in it becomes the
     /// test's directory (apps are under `{dir}/apps/<name>`), `{port}` the port.
     pub fn new(config: &str) -> Scenario {
-        Scenario { config: config.to_owned(), apps: Vec::new() }
+        Scenario {
+            config: config.to_owned(),
+            apps: Vec::new(),
+        }
     }
 
     /// Copies `apache-test/apps/<name>` into the test directory.
@@ -90,12 +93,19 @@ pub struct Response {
 impl Response {
     /// The first header of that name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every header of that name.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The body as text.
@@ -117,14 +127,21 @@ impl Apache {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         for app in &scenario.apps {
-            copy_tree(&repo().join("apache-test/apps").join(app), &dir.join("apps").join(app));
+            copy_tree(
+                &repo().join("apache-test/apps").join(app),
+                &dir.join("apps").join(app),
+            );
         }
         let port = free_port();
         let config = scenario
             .config
             .replace("{dir}", &dir.to_string_lossy())
             .replace("{port}", &port.to_string());
-        let user = if nix::unistd::geteuid().is_root() { "User www-data\nGroup www-data\n" } else { "" };
+        let user = if nix::unistd::geteuid().is_root() {
+            "User www-data\nGroup www-data\n"
+        } else {
+            ""
+        };
         let httpd_conf = format!(
             r#"ServerRoot "{dir}"
 ServerName 127.0.0.1
@@ -156,9 +173,20 @@ PassengerInstanceRegistryDir {dir}/registry
             module = module_path().display(),
         );
         std::fs::write(dir.join("httpd.conf"), httpd_conf).unwrap();
-        let apache = Apache { dir, port, allowed: Vec::new(), stopped: false, _guard: guard };
+        let apache = Apache {
+            dir,
+            port,
+            allowed: Vec::new(),
+            stopped: false,
+            _guard: guard,
+        };
         let out = apache.ctl("start");
-        assert!(out.status.success(), "apache2 -k start failed: {}\n{}", stderr(&out), apache.error_log());
+        assert!(
+            out.status.success(),
+            "apache2 -k start failed: {}\n{}",
+            stderr(&out),
+            apache.error_log()
+        );
         apache.wait_until_up();
         apache
     }
@@ -176,7 +204,11 @@ PassengerInstanceRegistryDir {dir}/registry
     fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "Apache did not come up:\n{}", self.error_log());
+            assert!(
+                Instant::now() < deadline,
+                "Apache did not come up:\n{}",
+                self.error_log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -203,11 +235,6 @@ PassengerInstanceRegistryDir {dir}/registry
         false
     }
 
-    /// Apache's parent pid.
-    pub fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("httpd.pid")).unwrap().trim().parse().unwrap()
-    }
-
     /// The instance directory of this Apache's agent.
     pub fn instance_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.dir.join("registry"))
@@ -218,19 +245,35 @@ PassengerInstanceRegistryDir {dir}/registry
     /// The agent's pid, from its instance directory.
     pub fn agent_pid(&self) -> i32 {
         let dirs = self.instance_dirs();
-        assert_eq!(dirs.len(), 1, "expected one instance directory, found {dirs:?}");
-        std::fs::read_to_string(dirs[0].join("agent.pid")).unwrap().trim().parse().unwrap()
+        assert_eq!(
+            dirs.len(),
+            1,
+            "expected one instance directory, found {dirs:?}"
+        );
+        std::fs::read_to_string(dirs[0].join("agent.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// A GET request.
     pub fn get(&self, path: &str) -> Response {
-        self.request(&format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", self.port).into_bytes())
+        self.request(
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                self.port
+            )
+            .into_bytes(),
+        )
     }
 
     /// Sends raw request bytes on a new connection; reads one response.
     pub fn request(&self, raw: &[u8]) -> Response {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Apache");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.write_all(raw).unwrap();
         read_response(&mut BufReader::new(stream), raw.starts_with(b"HEAD")).expect("a response")
     }
@@ -241,7 +284,9 @@ PassengerInstanceRegistryDir {dir}/registry
             return;
         }
         self.stopped = true;
-        let Ok(pid_text) = std::fs::read_to_string(self.dir.join("httpd.pid")) else { return };
+        let Ok(pid_text) = std::fs::read_to_string(self.dir.join("httpd.pid")) else {
+            return;
+        };
         let pid: i32 = pid_text.trim().parse().unwrap_or(0);
         let _ = self.ctl("stop");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -255,7 +300,9 @@ PassengerInstanceRegistryDir {dir}/registry
         self.error_log()
             .lines()
             .filter(|line| {
-                [":warn]", ":error]", ":crit]", ":alert]", ":emerg]"].iter().any(|l| line.contains(l))
+                [":warn]", ":error]", ":crit]", ":alert]", ":emerg]"]
+                    .iter()
+                    .any(|l| line.contains(l))
             })
             .filter(|line| !self.allowed.iter().any(|tag| line.contains(tag.as_str())))
             .map(str::to_owned)
@@ -271,7 +318,11 @@ impl Drop for Apache {
             return;
         }
         let unexpected = self.unexpected_log_lines();
-        assert!(unexpected.is_empty(), "unexpected error-log lines:\n{}", unexpected.join("\n"));
+        assert!(
+            unexpected.is_empty(),
+            "unexpected error-log lines:\n{}",
+            unexpected.join("\n")
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -281,7 +332,11 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Res
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status_line = line.trim_end().to_owned();
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -294,16 +349,27 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Res
             headers.push((n.trim().to_owned(), v.trim().to_owned()));
         }
     }
-    let mut response = Response { status, status_line, headers, body: Vec::new() };
+    let mut response = Response {
+        status,
+        status_line,
+        headers,
+        body: Vec::new(),
+    };
     if head_only || status == 204 || status == 304 {
         return Ok(response);
     }
-    if response.header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    if response
+        .header("Transfer-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         loop {
             line.clear();
             reader.read_line(&mut line)?;
             let size = usize::from_str_radix(line.trim(), 16).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {line:?}"))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad chunk size {line:?}"),
+                )
             })?;
             if size == 0 {
                 line.clear();
@@ -316,7 +382,10 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Res
             line.clear();
             reader.read_line(&mut line)?;
         }
-    } else if let Some(len) = response.header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(len) = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         response.body.resize(len, 0);
         reader.read_exact(&mut response.body)?;
     } else {
@@ -335,9 +404,15 @@ pub fn process_alive(pid: i32) -> bool {
 pub fn pids_matching(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle) && process_alive(pid) {
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+            && process_alive(pid)
+        {
             pids.push(pid);
         }
     }
@@ -352,7 +427,11 @@ pub fn process_user(pid: i32) -> u32 {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -360,7 +439,8 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    let meta = std::fs::symlink_metadata(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    let meta =
+        std::fs::symlink_metadata(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(std::fs::read_link(from).unwrap(), to).unwrap();
     } else if meta.is_dir() {

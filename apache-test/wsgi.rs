@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Apache, Scenario, pids_matching, process_alive, process_user, read_response};
@@ -81,7 +81,15 @@ fn the_environ_is_pep_3333_correct() {
     assert_eq!(env["os_env"]["WSGI_ENV"], "production");
     // X_User can never pose as X-User.
     assert_eq!(env["headers"]["HTTP_X_USER"], "alice");
-    assert_eq!(env["headers"].as_object().unwrap().values().filter(|v| *v == "mallory").count(), 0);
+    assert_eq!(
+        env["headers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| *v == "mallory")
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -134,8 +142,12 @@ fn request_bodies_with_content_length_and_chunked_are_streamed_to_the_app() {
 fn a_slow_generator_reaches_the_client_chunk_by_chunk() {
     let apache = wsgi_apache("");
     let mut stream = TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let started = Instant::now();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -154,7 +166,10 @@ fn a_slow_generator_reaches_the_client_chunk_by_chunk() {
     let total = started.elapsed();
     assert_eq!(chunks, 3);
     let first = first_chunk_at.unwrap();
-    assert!(first + Duration::from_millis(600) < total, "first chunk at {first:?}, all done at {total:?}");
+    assert!(
+        first + Duration::from_millis(600) < total,
+        "first chunk at {first:?}, all done at {total:?}"
+    );
 }
 
 #[test]
@@ -173,7 +188,13 @@ fn responses_keep_status_reason_repeated_headers_and_bodies() {
     let big = apache.get("/big");
     assert_eq!(big.body.len(), 1024 * 1024);
 
-    let head = apache.request(format!("HEAD /cookies HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", apache.port).as_bytes());
+    let head = apache.request(
+        format!(
+            "HEAD /cookies HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            apache.port
+        )
+        .as_bytes(),
+    );
     assert_eq!(head.status, 201);
     assert!(head.body.is_empty());
 }
@@ -197,7 +218,11 @@ fn close_is_called_on_the_response_iterable() {
 fn wsgi_errors_goes_to_the_error_log() {
     let apache = wsgi_apache("");
     assert_eq!(apache.get("/errors").text(), "logged");
-    assert!(apache.wait_for_log("message to wsgi.errors", Duration::from_secs(5)), "{}", apache.error_log());
+    assert!(
+        apache.wait_for_log("message to wsgi.errors", Duration::from_secs(5)),
+        "{}",
+        apache.error_log()
+    );
 }
 
 #[test]
@@ -218,7 +243,10 @@ fn an_app_that_fails_to_load_gets_a_500_and_a_log_line() {
     let response = apache.get("/");
     assert_eq!(response.status, 500);
     let log = apache.error_log();
-    assert!(log.contains("MP0404") && log.contains("module_that_does_not_exist"), "{log}");
+    assert!(
+        log.contains("MP0404") && log.contains("module_that_does_not_exist"),
+        "{log}"
+    );
     assert!(log.contains("as user nobody"), "{log}");
 }
 
@@ -231,7 +259,10 @@ fn graceful_restart_keeps_the_agent_and_the_app_processes() {
     assert!(out.status.success());
     std::thread::sleep(Duration::from_millis(500));
     let after = json(&apache.get("/env"))["pid"].as_i64().unwrap();
-    assert_eq!(before, after, "the app process was restarted by a graceful restart");
+    assert_eq!(
+        before, after,
+        "the app process was restarted by a graceful restart"
+    );
     assert_eq!(agent, apache.agent_pid());
 }
 
@@ -246,15 +277,23 @@ fn graceful_restarts_under_load_fail_no_request() {
     let port = apache.port;
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, ok, bad_status, conn_errors) =
-                (stop.clone(), ok.clone(), bad_status.clone(), conn_errors.clone());
+            let (stop, ok, bad_status, conn_errors) = (
+                stop.clone(),
+                ok.clone(),
+                bad_status.clone(),
+                conn_errors.clone(),
+            );
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match keep_alive_burst(port, 20) {
                         Ok(statuses) => {
                             for s in statuses {
-                                if s == 200 { ok.fetch_add(1, Ordering::Relaxed) } else { bad_status.fetch_add(1, Ordering::Relaxed) };
+                                if s == 200 {
+                                    ok.fetch_add(1, Ordering::Relaxed)
+                                } else {
+                                    bad_status.fetch_add(1, Ordering::Relaxed)
+                                };
                             }
                         }
                         Err(_) => {
@@ -274,7 +313,11 @@ fn graceful_restarts_under_load_fail_no_request() {
     for w in workers {
         w.join().unwrap();
     }
-    let (ok, bad, errors) = (ok.load(Ordering::Relaxed), bad_status.load(Ordering::Relaxed), conn_errors.load(Ordering::Relaxed));
+    let (ok, bad, errors) = (
+        ok.load(Ordering::Relaxed),
+        bad_status.load(Ordering::Relaxed),
+        conn_errors.load(Ordering::Relaxed),
+    );
     eprintln!("graceful under load: {ok} ok, {bad} non-200, {errors} connection errors");
     assert!(ok > 100, "too few requests: {ok}");
     assert_eq!(bad, 0, "requests failed during graceful restarts");
@@ -291,14 +334,21 @@ fn keep_alive_burst(port: u16, n: usize) -> std::io::Result<Vec<u16>> {
     let mut reader = BufReader::new(stream);
     let mut statuses = Vec::new();
     for i in 0..n {
-        let close = if i + 1 == n { "Connection: close\r\n" } else { "" };
+        let close = if i + 1 == n {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
         writer.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n").as_bytes())?;
         let response = read_response(&mut reader, false)?;
         if response.status == 0 {
             return Err(std::io::Error::other("connection closed"));
         }
         statuses.push(response.status);
-        if response.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+        if response
+            .header("Connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
             break;
         }
     }
@@ -313,7 +363,9 @@ fn stop_leaves_no_agent_app_or_instance_directory() {
     let instance = apache.instance_dirs()[0].clone();
     apache.stop();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while (process_alive(agent) || process_alive(app_pid) || instance.exists()) && Instant::now() < deadline {
+    while (process_alive(agent) || process_alive(app_pid) || instance.exists())
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!process_alive(agent), "the agent is still running");
@@ -329,14 +381,23 @@ fn a_killed_agent_is_replaced_and_requests_succeed() {
     apache.allow("AH00045");
     assert_eq!(apache.get("/").status, 200);
     let agent = apache.agent_pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let response = apache.get("/");
         if response.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "no recovery: {}\n{}", response.status, apache.error_log());
+        assert!(
+            Instant::now() < deadline,
+            "no recovery: {}\n{}",
+            response.status,
+            apache.error_log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_ne!(apache.agent_pid(), agent);
@@ -350,7 +411,12 @@ fn sha256_hex(data: &[u8]) -> String {
         .unwrap();
     child.stdin.take().unwrap().write_all(data).unwrap();
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     child.wait().unwrap();
     out.split_whitespace().next().unwrap().to_owned()
 }

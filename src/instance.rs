@@ -56,10 +56,25 @@ mod tests {
 
     #[test]
     fn names_are_stable_and_distinct() {
-        let a = instance_dir(Path::new("/run/x"), b"/etc/apache2", b"/etc/apache2/apache2.conf");
-        let b = instance_dir(Path::new("/run/x"), b"/etc/apache2", b"/etc/apache2/other.conf");
+        let a = instance_dir(
+            Path::new("/run/x"),
+            b"/etc/apache2",
+            b"/etc/apache2/apache2.conf",
+        );
+        let b = instance_dir(
+            Path::new("/run/x"),
+            b"/etc/apache2",
+            b"/etc/apache2/other.conf",
+        );
         assert_ne!(a, b);
-        assert_eq!(a, instance_dir(Path::new("/run/x"), b"/etc/apache2", b"/etc/apache2/apache2.conf"));
+        assert_eq!(
+            a,
+            instance_dir(
+                Path::new("/run/x"),
+                b"/etc/apache2",
+                b"/etc/apache2/apache2.conf"
+            )
+        );
         assert!(a.to_string_lossy().starts_with("/run/x/mod_passenger."));
     }
 

@@ -125,8 +125,9 @@ fn apache_timestamp() -> String {
     let rem = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{} {} {:02} {:02}:{:02}:{:02}.{:06} {}",
         WEEKDAYS[days.rem_euclid(7) as usize],

@@ -13,7 +13,10 @@ fn request_to(app_root: &std::path::Path, path: &str) -> RequestHead {
     RequestHead {
         flags: 0,
         options: vec![
-            (b"PassengerAppRoot".to_vec(), app_root.to_string_lossy().as_bytes().to_vec()),
+            (
+                b"PassengerAppRoot".to_vec(),
+                app_root.to_string_lossy().as_bytes().to_vec(),
+            ),
             (b"PassengerAppType".to_vec(), b"wsgi".to_vec()),
         ],
         env: vec![
@@ -29,7 +32,9 @@ fn request_to(app_root: &std::path::Path, path: &str) -> RequestHead {
 }
 
 /// Reads frames until END; returns (status, body).
-fn read_response(conn: &mut mod_passenger::protocol::Connection<std::os::unix::net::UnixStream>) -> (u16, Vec<u8>) {
+fn read_response(
+    conn: &mut mod_passenger::protocol::Connection<std::os::unix::net::UnixStream>,
+) -> (u16, Vec<u8>) {
     let mut status = 0;
     let mut body = Vec::new();
     loop {
@@ -50,7 +55,8 @@ fn serves_a_wsgi_app_over_a_persistent_connection() {
     wsgi_app(&app.0, "hello");
     let mut conn = agent.connect(Role::Worker);
     for id in 1..=3 {
-        conn.send(id, &Message::Request(request_to(&app.0, "/"))).unwrap();
+        conn.send(id, &Message::Request(request_to(&app.0, "/")))
+            .unwrap();
         assert_eq!(read_response(&mut conn), (200, b"hello".to_vec()));
     }
 }
@@ -61,10 +67,15 @@ fn a_spawn_failure_is_a_500_with_the_reason() {
     let app = TempDir::new("broken");
     app.write("passenger_wsgi.py", "raise RuntimeError('cannot load')\n");
     let mut conn = agent.connect(Role::Worker);
-    conn.send(1, &Message::Request(request_to(&app.0, "/"))).unwrap();
+    conn.send(1, &Message::Request(request_to(&app.0, "/")))
+        .unwrap();
     let (status, message) = read_response(&mut conn);
     assert_eq!(status, 500);
-    assert!(String::from_utf8_lossy(&message).contains("cannot load"), "{}", String::from_utf8_lossy(&message));
+    assert!(
+        String::from_utf8_lossy(&message).contains("cannot load"),
+        "{}",
+        String::from_utf8_lossy(&message)
+    );
 }
 
 #[test]
@@ -88,14 +99,18 @@ fn the_agent_survives_malformed_frames() {
     {
         let mut conn = agent.connect(Role::Worker);
         let mut frame = Vec::new();
-        Message::Request(request_to(std::path::Path::new("/nonexistent"), "/")).encode(1, &mut frame);
+        Message::Request(request_to(std::path::Path::new("/nonexistent"), "/"))
+            .encode(1, &mut frame);
         conn.get_mut().write_all(&frame[..frame.len() / 2]).unwrap();
     }
     std::thread::sleep(Duration::from_millis(100));
     assert!(agent.alive(), "the agent died on malformed input");
     let mut conn = agent.connect(Role::Worker);
     conn.send(1, &Message::Ping).unwrap();
-    assert!(matches!(conn.read_frame().unwrap(), Some((1, Message::Pong))));
+    assert!(matches!(
+        conn.read_frame().unwrap(),
+        Some((1, Message::Pong))
+    ));
 }
 
 #[test]
@@ -104,11 +119,21 @@ fn status_lists_groups_and_processes() {
     let app = TempDir::new("status");
     wsgi_app(&app.0, "hi");
     let mut conn = agent.connect(Role::Worker);
-    conn.send(1, &Message::Request(request_to(&app.0, "/"))).unwrap();
+    conn.send(1, &Message::Request(request_to(&app.0, "/")))
+        .unwrap();
     assert_eq!(read_response(&mut conn).0, 200);
     let mut status = agent.connect(Role::Status);
-    status.send(0, &Message::Status { query: b"{}".to_vec() }).unwrap();
-    let Some((_, Message::StatusReply { document })) = status.read_frame().unwrap() else { panic!() };
+    status
+        .send(
+            0,
+            &Message::Status {
+                query: b"{}".to_vec(),
+            },
+        )
+        .unwrap();
+    let Some((_, Message::StatusReply { document })) = status.read_frame().unwrap() else {
+        panic!()
+    };
     let doc: serde_json::Value = serde_json::from_slice(&document).unwrap();
     let groups = doc["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 1);

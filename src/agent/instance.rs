@@ -38,7 +38,10 @@ impl InstanceDir {
                 if !meta.file_type().is_dir() || meta.uid() != euid {
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
-                        format!("refusing to use {}: it is not a directory owned by uid {euid}", dir.display()),
+                        format!(
+                            "refusing to use {}: it is not a directory owned by uid {euid}",
+                            dir.display()
+                        ),
                     ));
                 }
                 fs::remove_dir_all(dir)?;
@@ -47,9 +50,13 @@ impl InstanceDir {
             Err(e) => return Err(e),
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(0o711))?;
-        let instance = InstanceDir { dir: dir.to_path_buf() };
+        let instance = InstanceDir {
+            dir: dir.to_path_buf(),
+        };
         DirBuilder::new().mode(0o700).create(instance.apps_dir())?;
-        DirBuilder::new().mode(0o755).create(instance.loaders_dir())?;
+        DirBuilder::new()
+            .mode(0o755)
+            .create(instance.loaders_dir())?;
         fs::set_permissions(instance.loaders_dir(), fs::Permissions::from_mode(0o755))?;
         for (name, text) in LOADERS {
             let path = instance.loaders_dir().join(name);
@@ -96,7 +103,11 @@ impl InstanceDir {
 /// Creates the registry directory if needed and checks that nobody but its
 /// owner (us or root) can plant entries in it, unless it is sticky like /tmp.
 fn ensure_registry(registry: &Path, euid: u32) -> io::Result<()> {
-    match DirBuilder::new().recursive(true).mode(0o755).create(registry) {
+    match DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(registry)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),

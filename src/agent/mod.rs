@@ -46,10 +46,18 @@ pub struct Args {
 impl Args {
     /// Parses `--name value` arguments.
     pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
-        let mut args = Args { instance_dir: PathBuf::new(), apache_pid: None, apache_uid: None, apache_gid: None };
+        let mut args = Args {
+            instance_dir: PathBuf::new(),
+            apache_pid: None,
+            apache_uid: None,
+            apache_gid: None,
+        };
         while let Some(flag) = argv.next() {
             let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
-            let number = |v: String| v.parse::<u32>().map_err(|_| format!("{flag}: not a number: {v}"));
+            let number = |v: String| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{flag}: not a number: {v}"))
+            };
             match flag.as_str() {
                 "--instance-dir" => args.instance_dir = PathBuf::from(value()?),
                 "--registry-dir" => {
@@ -82,7 +90,11 @@ pub struct Agent {
 impl Agent {
     /// The instance directory's name, sent in HELLO_OK.
     pub fn instance_name(&self) -> Vec<u8> {
-        self.instance.dir.file_name().map(|n| n.as_encoded_bytes().to_vec()).unwrap_or_default()
+        self.instance
+            .dir
+            .file_name()
+            .map(|n| n.as_encoded_bytes().to_vec())
+            .unwrap_or_default()
     }
 
     /// Applies a configuration generation.
@@ -152,9 +164,19 @@ pub fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", instance.socket().display()))?;
 
     let defaults = ServerConfig::from_json(&serde_json::json!({})).map_err(|e| e.to_string())?;
-    let spawner = Arc::new(LoaderSpawner::new(instance.apps_dir(), instance.loaders_dir(), user_policy(&defaults)));
+    let spawner = Arc::new(LoaderSpawner::new(
+        instance.apps_dir(),
+        instance.loaders_dir(),
+        user_policy(&defaults),
+    ));
     let pool = Pool::new(spawner.clone(), limits(&defaults));
-    let agent = Arc::new(Agent { pool, apache_pid: args.apache_pid, spawner, instance: instance.clone(), config: Mutex::new((0, defaults)) });
+    let agent = Arc::new(Agent {
+        pool,
+        apache_pid: args.apache_pid,
+        spawner,
+        instance: instance.clone(),
+        config: Mutex::new((0, defaults)),
+    });
 
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<&'static str>(4);
     server::spawn_signal_thread(signals, stop_tx.clone())?;

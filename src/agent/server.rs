@@ -41,7 +41,8 @@ pub fn block_shutdown_signals() -> Result<SigSet, String> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
-    set.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    set.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
     Ok(set)
 }
 
@@ -49,7 +50,11 @@ pub fn block_shutdown_signals() -> Result<SigSet, String> {
 pub fn spawn_signal_thread(set: SigSet, stop: Sender<&'static str>) -> Result<(), String> {
     spawn("signals", move || {
         if let Ok(signal) = set.wait() {
-            let _ = stop.send(if signal == Signal::SIGTERM { "SIGTERM" } else { "SIGINT" });
+            let _ = stop.send(if signal == Signal::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            });
         }
     })
 }
@@ -61,7 +66,10 @@ pub fn spawn_parent_watch(pid: i32, stop: Sender<&'static str>) -> Result<(), St
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if raw < 0 {
         let _ = stop.send("the Apache parent is gone");
-        return Err(format!("cannot watch the Apache parent {pid}: {}", io::Error::last_os_error()));
+        return Err(format!(
+            "cannot watch the Apache parent {pid}: {}",
+            io::Error::last_os_error()
+        ));
     }
     // SAFETY: the syscall returned a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
@@ -89,7 +97,11 @@ pub fn spawn_idle_collector(pool: Weak<Pool>) -> Result<(), String> {
 }
 
 /// Accepts connections, checks who is calling, and serves each on a thread.
-pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, apache_uid: Option<u32>) -> Result<(), String> {
+pub fn spawn_acceptor(
+    agent: Arc<Agent>,
+    listener: UnixListener,
+    apache_uid: Option<u32>,
+) -> Result<(), String> {
     let active = Arc::new(AtomicUsize::new(0));
     spawn("accept", move || {
         for stream in listener.incoming() {
@@ -111,10 +123,12 @@ pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, apache_uid: Opt
             active.fetch_add(1, Ordering::AcqRel);
             let agent = Arc::clone(&agent);
             let guard = ActiveGuard(Arc::clone(&active));
-            let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
-                let _guard = guard;
-                session::serve(&agent, stream);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("conn".into())
+                .spawn(move || {
+                    let _guard = guard;
+                    session::serve(&agent, stream);
+                });
             if let Err(e) = spawned {
                 log::error!(target: "MP0806", "cannot start a connection thread: {e}");
             }
@@ -136,7 +150,8 @@ fn peer_allowed(stream: &UnixStream, apache_uid: Option<u32>) -> bool {
     match getsockopt(stream, PeerCredentials) {
         Ok(creds) => {
             let uid = creds.uid();
-            let allowed = uid == 0 || uid == nix::unistd::geteuid().as_raw() || Some(uid) == apache_uid;
+            let allowed =
+                uid == 0 || uid == nix::unistd::geteuid().as_raw() || Some(uid) == apache_uid;
             if !allowed {
                 log::warn!(target: "MP0807", "refused a connection from uid {uid} (pid {})", creds.pid());
             }

@@ -22,25 +22,48 @@ pub fn serve(agent: &Arc<Agent>, stream: UnixStream) {
     if let Err(e) = serve_connection(agent, &mut conn) {
         log::warn!(target: "MP0701", "closing a connection: {e}");
         if !matches!(e, protocol::Error::Io(_) | protocol::Error::UnexpectedEof) {
-            let _ = conn.send(0, &Message::Error { code: 400, message: e.to_string() });
+            let _ = conn.send(
+                0,
+                &Message::Error {
+                    code: 400,
+                    message: e.to_string(),
+                },
+            );
         }
     }
 }
 
-fn serve_connection(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+fn serve_connection(
+    agent: &Arc<Agent>,
+    conn: &mut ModuleConnection,
+) -> Result<(), protocol::Error> {
     let role = match conn.read_frame()? {
-        Some((_, Message::Hello { role: Role::Control, pid, .. }))
-            if agent.apache_pid.is_some_and(|apache| apache != pid as i32) =>
-        {
+        Some((
+            _,
+            Message::Hello {
+                role: Role::Control,
+                pid,
+                ..
+            },
+        )) if agent.apache_pid.is_some_and(|apache| apache != pid as i32) => {
             // Another Apache (this agent's is gone or going): it must start its own.
-            let message = format!("this agent serves Apache pid {}", agent.apache_pid.unwrap_or(0));
+            let message = format!(
+                "this agent serves Apache pid {}",
+                agent.apache_pid.unwrap_or(0)
+            );
             return conn.send(0, &Message::Error { code: 409, message });
         }
         Some((_, Message::Hello { role, .. })) => role,
         Some(_) => return Err(protocol::Error::Malformed("the first frame must be HELLO")),
         None => return Ok(()),
     };
-    conn.send(0, &Message::HelloOk { agent_pid: std::process::id(), instance: agent.instance_name() })?;
+    conn.send(
+        0,
+        &Message::HelloOk {
+            agent_pid: std::process::id(),
+            instance: agent.instance_name(),
+        },
+    )?;
     match role {
         Role::Worker => serve_worker(agent, conn),
         Role::Control => serve_control(agent, conn),
@@ -63,12 +86,22 @@ fn serve_control(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), 
                     }
                     Err(e) => {
                         log::error!(target: "MP0702", "rejected configuration generation {generation}: {e}");
-                        conn.send(id, &Message::Error { code: 400, message: e })?;
+                        conn.send(
+                            id,
+                            &Message::Error {
+                                code: 400,
+                                message: e,
+                            },
+                        )?;
                     }
                 }
             }
             Message::Ping => conn.send(id, &Message::Pong)?,
-            _ => return Err(protocol::Error::Malformed("unexpected frame on a control connection")),
+            _ => {
+                return Err(protocol::Error::Malformed(
+                    "unexpected frame on a control connection",
+                ));
+            }
         }
     }
     Ok(())
@@ -83,7 +116,11 @@ fn serve_status(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), p
                 conn.send(id, &Message::StatusReply { document })?;
             }
             Message::Ping => conn.send(id, &Message::Pong)?,
-            _ => return Err(protocol::Error::Malformed("unexpected frame on a status connection")),
+            _ => {
+                return Err(protocol::Error::Malformed(
+                    "unexpected frame on a status connection",
+                ));
+            }
         }
     }
     Ok(())
@@ -110,7 +147,10 @@ enum BodyState {
 }
 
 /// Reads the body prefix that follows a REQUEST with a body.
-fn read_prefix(conn: &mut ModuleConnection, id: u32) -> Result<(Vec<Vec<u8>>, BodyState), protocol::Error> {
+fn read_prefix(
+    conn: &mut ModuleConnection,
+    id: u32,
+) -> Result<(Vec<Vec<u8>>, BodyState), protocol::Error> {
     let mut chunks = Vec::new();
     let mut total = 0;
     loop {
@@ -118,13 +158,19 @@ fn read_prefix(conn: &mut ModuleConnection, id: u32) -> Result<(Vec<Vec<u8>>, Bo
             Message::Body(data) => {
                 total += data.len();
                 if total > protocol::MAX_BODY_CHUNK {
-                    return Err(protocol::Error::Malformed("the body prefix is larger than 64 KiB"));
+                    return Err(protocol::Error::Malformed(
+                        "the body prefix is larger than 64 KiB",
+                    ));
                 }
                 chunks.push(data);
             }
             Message::End => return Ok((chunks, BodyState::Ended)),
             Message::More => return Ok((chunks, BodyState::More)),
-            _ => return Err(protocol::Error::Malformed("expected BODY, END or MORE after REQUEST")),
+            _ => {
+                return Err(protocol::Error::Malformed(
+                    "expected BODY, END or MORE after REQUEST",
+                ));
+            }
         }
     }
 }
@@ -133,7 +179,9 @@ fn read_prefix(conn: &mut ModuleConnection, id: u32) -> Result<(Vec<Vec<u8>>, Bo
 fn next_frame(conn: &mut ModuleConnection, id: u32) -> Result<Message, protocol::Error> {
     match conn.read_frame()? {
         Some((frame_id, msg)) if frame_id == id => Ok(msg),
-        Some(_) => Err(protocol::Error::Malformed("a frame of another request arrived mid-request")),
+        Some(_) => Err(protocol::Error::Malformed(
+            "a frame of another request arrived mid-request",
+        )),
         None => Err(protocol::Error::UnexpectedEof),
     }
 }
@@ -145,20 +193,33 @@ fn serve_request(
     id: u32,
     head: RequestHead,
 ) -> Result<(), protocol::Error> {
-    let (prefix, mut body) =
-        if head.has_body() { read_prefix(module, id)? } else { (Vec::new(), BodyState::Ended) };
+    let (prefix, mut body) = if head.has_body() {
+        read_prefix(module, id)?
+    } else {
+        (Vec::new(), BodyState::Ended)
+    };
     let options = match AppOptions::from_pairs(&head.options) {
         Ok(options) => options,
         Err(e) => {
             log::error!(target: "MP0703", "invalid application options: {e}");
-            return module.send(id, &Message::Error { code: 500, message: e.to_string() });
+            return module.send(
+                id,
+                &Message::Error {
+                    code: 500,
+                    message: e.to_string(),
+                },
+            );
         }
     };
     let mut lease = match agent.pool.checkout(options) {
         Ok(lease) => lease,
         Err(e) => return answer_checkout_error(module, id, &e),
     };
-    let app_head = RequestHead { flags: head.flags, options: Vec::new(), env: head.env };
+    let app_head = RequestHead {
+        flags: head.flags,
+        options: Vec::new(),
+        env: head.env,
+    };
 
     // A reused connection may have been closed by the app since: if it
     // fails before the app answered anything, retry once on a fresh one.
@@ -167,19 +228,32 @@ fn serve_request(
         let reused = lease.has_connection();
         let app = match lease.connection() {
             Ok(app) => app,
-            Err(e) => return app_failed(module, id, &mut lease, false, &format!("cannot connect: {e}")),
+            Err(e) => {
+                return app_failed(
+                    module,
+                    id,
+                    &mut lease,
+                    false,
+                    &format!("cannot connect: {e}"),
+                );
+            }
         };
         let sent = send_request(app, id, &app_head, &prefix, &body);
         let result = match sent {
             Ok(()) => relay(module, app, id, &mut body),
-            Err(e) => Err(Relay::AppBroken { answered: false, error: e.to_string() }),
+            Err(e) => Err(Relay::AppBroken {
+                answered: false,
+                error: e.to_string(),
+            }),
         };
         match result {
             Ok(()) => {
                 lease.finish();
                 return Ok(());
             }
-            Err(Relay::AppBroken { answered: false, .. }) if reused && fresh_retry_left => {
+            Err(Relay::AppBroken {
+                answered: false, ..
+            }) if reused && fresh_retry_left => {
                 fresh_retry_left = false;
                 lease.discard_connection();
             }
@@ -204,7 +278,14 @@ fn send_request(
         for chunk in prefix {
             app.queue_body(id, chunk)?;
         }
-        app.queue(id, if matches!(body, BodyState::Ended) { &Message::End } else { &Message::More });
+        app.queue(
+            id,
+            if matches!(body, BodyState::Ended) {
+                &Message::End
+            } else {
+                &Message::More
+            },
+        );
     }
     app.flush()
 }
@@ -230,7 +311,10 @@ fn relay(
         let msg = match app.read_frame() {
             Ok(Some((frame_id, msg))) if frame_id == id => msg,
             Ok(Some((frame_id, _))) => {
-                return Err(broken(answered, format!("the app answered for request {frame_id}, not {id}")));
+                return Err(broken(
+                    answered,
+                    format!("the app answered for request {frame_id}, not {id}"),
+                ));
             }
             Ok(None) => return Err(broken(answered, "the app closed the connection".into())),
             Err(e) => return Err(broken(answered, e.to_string())),
@@ -240,7 +324,9 @@ fn relay(
                 let reply = match body {
                     BodyState::Ended => Message::End,
                     BodyState::More => {
-                        module.send(id, &Message::ReadBody { max }).map_err(Relay::Module)?;
+                        module
+                            .send(id, &Message::ReadBody { max })
+                            .map_err(Relay::Module)?;
                         match next_frame(module, id).map_err(Relay::Module)? {
                             Message::Body(data) => Message::Body(data),
                             Message::End => {
@@ -255,7 +341,8 @@ fn relay(
                         }
                     }
                 };
-                app.send(id, &reply).map_err(|e| broken(answered, e.to_string()))?;
+                app.send(id, &reply)
+                    .map_err(|e| broken(answered, e.to_string()))?;
             }
             Message::Response(response) if !answered => {
                 answered = true;
@@ -276,11 +363,16 @@ fn relay(
             }
             Message::Error { code, message } => {
                 log::warn!(target: "MP0704", "the app reported an error ({code}): {message}");
-                module.send(id, &Message::Error { code, message }).map_err(Relay::Module)?;
+                module
+                    .send(id, &Message::Error { code, message })
+                    .map_err(Relay::Module)?;
                 return Ok(());
             }
             other => {
-                return Err(broken(answered, format!("unexpected frame from the app: type {:#04x}", other.kind())));
+                return Err(broken(
+                    answered,
+                    format!("unexpected frame from the app: type {:#04x}", other.kind()),
+                ));
             }
         }
     }
@@ -302,11 +394,21 @@ fn app_failed(
         lease.pid(),
         if answered { " mid-response" } else { "" }
     );
-    module.send(id, &Message::Error { code: 502, message: format!("the application process failed: {error}") })
+    module.send(
+        id,
+        &Message::Error {
+            code: 502,
+            message: format!("the application process failed: {error}"),
+        },
+    )
 }
 
 /// Turns a checkout failure into the module's answer.
-fn answer_checkout_error(module: &mut ModuleConnection, id: u32, e: &CheckoutError) -> Result<(), protocol::Error> {
+fn answer_checkout_error(
+    module: &mut ModuleConnection,
+    id: u32,
+    e: &CheckoutError,
+) -> Result<(), protocol::Error> {
     let code = match e {
         CheckoutError::QueueFull => {
             log::warn!(target: "MP0706", "{e}: answering 503 (PassengerMaxRequestQueueSize)");
@@ -316,5 +418,11 @@ fn answer_checkout_error(module: &mut ModuleConnection, id: u32, e: &CheckoutErr
         CheckoutError::SpawnFailed(_) => 500,
         CheckoutError::ShuttingDown => 503,
     };
-    module.send(id, &Message::Error { code, message: e.to_string() })
+    module.send(
+        id,
+        &Message::Error {
+            code,
+            message: e.to_string(),
+        },
+    )
 }

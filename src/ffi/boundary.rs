@@ -12,9 +12,9 @@ use super::{mp_status, mp_str};
 /// Runs a body that returns `mp_status`, turning a panic into `MP_ERR_PANIC`.
 macro_rules! ffi_boundary {
     ($body:block) => {{
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> $crate::ffi::mp_status {
-            $body
-        })) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || -> $crate::ffi::mp_status { $body },
+        )) {
             Ok(status) => status,
             Err(payload) => {
                 $crate::ffi::boundary::log_panic(payload);
@@ -66,7 +66,10 @@ impl mp_str {
 
     /// A `mp_str` borrowing `bytes`; valid while `bytes` is.
     pub fn borrow(bytes: &[u8]) -> mp_str {
-        mp_str { ptr: bytes.as_ptr().cast(), len: bytes.len() }
+        mp_str {
+            ptr: bytes.as_ptr().cast(),
+            len: bytes.len(),
+        }
     }
 }
 

@@ -11,8 +11,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use super::boundary::write_message;
-use super::{mp_log_fn, mp_match, mp_pair, mp_request, mp_request_io, mp_startup_info, mp_status, mp_str};
 use super::{mp_dir_config, mp_server_config};
+use super::{
+    mp_log_fn, mp_match, mp_pair, mp_request, mp_request_io, mp_startup_info, mp_status, mp_str,
+};
 use crate::config::DirConfig;
 use crate::module::handler::{self, Outcome, RequestIo};
 use crate::module::lifecycle::{self, StartupInfo};
@@ -30,7 +32,9 @@ pub struct MatchHandle {
 #[unsafe(no_mangle)]
 pub extern "C" fn mp_log_init(sink: mp_log_fn, max_level: i32) -> mp_status {
     ffi_boundary!({
-        let Some(sink) = sink else { return mp_status::MP_ERR_NULL_ARG };
+        let Some(sink) = sink else {
+            return mp_status::MP_ERR_NULL_ARG;
+        };
         let filter = match max_level {
             ..=3 => log::LevelFilter::Error,
             4 => log::LevelFilter::Warn,
@@ -231,7 +235,10 @@ unsafe fn request_info<'a>(req: &'a mp_request) -> RequestInfo<'a> {
         // SAFETY: `ptr` points to `len` pairs valid for 'a.
         let slice = unsafe { std::slice::from_raw_parts(ptr, len) };
         // SAFETY: each pair's strings are valid for 'a.
-        slice.iter().map(|p| unsafe { (p.name.as_bytes(), p.value.as_bytes()) }).collect()
+        slice
+            .iter()
+            .map(|p| unsafe { (p.name.as_bytes(), p.value.as_bytes()) })
+            .collect()
     };
     // SAFETY: per this function's contract.
     unsafe {
@@ -266,30 +273,54 @@ struct Bridge<'a> {
 
 impl RequestIo for Bridge<'_> {
     fn read_body(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(read) = self.io.read_body else { return Ok(0) };
+        let Some(read) = self.io.read_body else {
+            return Ok(0);
+        };
         // SAFETY: the callback reads at most buf.len() bytes into buf; ctx is
         // the shim's, valid during mp_handle_request.
         let n = unsafe { read(self.io.ctx, buf.as_mut_ptr(), buf.len()) };
-        usize::try_from(n).map_err(|_| io::Error::other("the client's request body could not be read"))
+        usize::try_from(n)
+            .map_err(|_| io::Error::other("the client's request body could not be read"))
     }
 
     fn send_head(&mut self, status: u16, reason: &[u8], headers: &Pairs) -> io::Result<()> {
-        let Some(send) = self.io.send_head else { return Err(io::Error::other("no send_head")) };
+        let Some(send) = self.io.send_head else {
+            return Err(io::Error::other("no send_head"));
+        };
         let pairs: Vec<mp_pair> = headers
             .iter()
-            .map(|(n, v)| mp_pair { name: mp_str::borrow(n), value: mp_str::borrow(v) })
+            .map(|(n, v)| mp_pair {
+                name: mp_str::borrow(n),
+                value: mp_str::borrow(v),
+            })
             .collect();
         // SAFETY: the pairs borrow `headers`, alive for the call; the shim copies them.
         let rc = unsafe {
-            send(self.io.ctx, u32::from(status), mp_str::borrow(reason), pairs.as_ptr(), pairs.len())
+            send(
+                self.io.ctx,
+                u32::from(status),
+                mp_str::borrow(reason),
+                pairs.as_ptr(),
+                pairs.len(),
+            )
         };
-        if rc == 0 { Ok(()) } else { Err(io::Error::other("the response head was refused")) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::other("the response head was refused"))
+        }
     }
 
     fn write_body(&mut self, data: &[u8], flush: bool) -> io::Result<()> {
-        let Some(write) = self.io.write_body else { return Err(io::Error::other("no write_body")) };
+        let Some(write) = self.io.write_body else {
+            return Err(io::Error::other("no write_body"));
+        };
         // SAFETY: data is valid for the call; the shim copies or passes it on before returning.
         let rc = unsafe { write(self.io.ctx, data.as_ptr(), data.len(), i32::from(flush)) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::from(io::ErrorKind::BrokenPipe)) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
     }
 }

@@ -58,7 +58,10 @@ pub fn put_idle(conn: AgentConnection) {
 /// for a few seconds while the agent is (re)starting.
 pub fn connect(role: Role) -> io::Result<AgentConnection> {
     let path = agent_socket().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "the passenger agent was not started")
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "the passenger agent was not started",
+        )
     })?;
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let mut pause = Duration::from_millis(20);
@@ -72,7 +75,10 @@ pub fn connect(role: Role) -> io::Result<AgentConnection> {
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("cannot connect to the passenger agent at {}: {e}", path.display()),
+                    format!(
+                        "cannot connect to the passenger agent at {}: {e}",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -95,15 +101,25 @@ fn is_transient(e: &io::Error) -> bool {
 /// Sends HELLO and waits for HELLO_OK.
 pub fn handshake(stream: UnixStream, role: Role) -> io::Result<AgentConnection> {
     let mut conn = Connection::new(stream);
-    let hello = Message::Hello { role, pid: std::process::id(), generation: 0 };
+    let hello = Message::Hello {
+        role,
+        pid: std::process::id(),
+        generation: 0,
+    };
     conn.send(0, &hello).map_err(into_io)?;
     match conn.read_frame() {
         Ok(Some((_, Message::HelloOk { .. }))) => Ok(conn),
         Ok(Some((_, Message::Error { message, .. }))) => {
             Err(io::Error::new(io::ErrorKind::PermissionDenied, message))
         }
-        Ok(Some(_)) => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected answer to HELLO")),
-        Ok(None) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection")),
+        Ok(Some(_)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected answer to HELLO",
+        )),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection",
+        )),
         Err(e) => Err(into_io(e)),
     }
 }

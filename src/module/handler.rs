@@ -54,12 +54,14 @@ struct Body {
 
 /// Serves one request through the agent.
 pub fn handle(head: &RequestHead, has_body: bool, io: &mut dyn RequestIo) -> Outcome {
-    let mut body = Body { prefix: Vec::new(), ended: !has_body, consumed_past_prefix: false };
-    if has_body {
-        if let Err(e) = read_prefix(io, &mut body) {
-            log::info!(target: "MP0201", "the client's request body could not be read: {e}");
-            return Outcome::Failed(400);
-        }
+    let mut body = Body {
+        prefix: Vec::new(),
+        ended: !has_body,
+        consumed_past_prefix: false,
+    };
+    if has_body && let Err(e) = read_prefix(io, &mut body) {
+        log::info!(target: "MP0201", "the client's request body could not be read: {e}");
+        return Outcome::Failed(400);
     }
     let mut retried = false;
     loop {
@@ -126,12 +128,19 @@ fn exchange(
     const ID: u32 = 1;
     conn.queue(ID, &Message::Request(head.clone()));
     if has_body {
-        if !body.prefix.is_empty() {
-            if let Err(e) = conn.queue_body(ID, &body.prefix) {
-                return Exchange::Broken(e.to_string());
-            }
+        if !body.prefix.is_empty()
+            && let Err(e) = conn.queue_body(ID, &body.prefix)
+        {
+            return Exchange::Broken(e.to_string());
         }
-        conn.queue(ID, if body.ended { &Message::End } else { &Message::More });
+        conn.queue(
+            ID,
+            if body.ended {
+                &Message::End
+            } else {
+                &Message::More
+            },
+        );
     }
     if let Err(e) = conn.flush() {
         return Exchange::Broken(e.to_string());
@@ -147,7 +156,9 @@ fn exchange(
                 log::error!(target: "MP0205", "the agent answered with request id {id}, expected {ID}");
                 return finish_broken(started);
             }
-            Ok(None) if !answered => return Exchange::Broken("the agent closed the connection".into()),
+            Ok(None) if !answered => {
+                return Exchange::Broken("the agent closed the connection".into());
+            }
             Err(e) if !answered => return Exchange::Broken(e.to_string()),
             Ok(None) => {
                 log::error!(target: "MP0206", "the agent closed the connection mid-request");
@@ -180,7 +191,11 @@ fn exchange(
                             // The agent is waiting for body bytes that will
                             // never come: the connection can't be reused.
                             return Exchange::Finished(
-                                if started { Outcome::Aborted } else { Outcome::Failed(400) },
+                                if started {
+                                    Outcome::Aborted
+                                } else {
+                                    Outcome::Failed(400)
+                                },
                                 false,
                             );
                         }
@@ -196,8 +211,15 @@ fn exchange(
                     return finish_broken(started);
                 }
                 started = true;
-                let ResponseHead { status, reason, headers } = response;
-                let headers: Pairs = headers.into_iter().filter(|(n, _)| forwardable(n)).collect();
+                let ResponseHead {
+                    status,
+                    reason,
+                    headers,
+                } = response;
+                let headers: Pairs = headers
+                    .into_iter()
+                    .filter(|(n, _)| forwardable(n))
+                    .collect();
                 if io.send_head(status, &reason, &headers).is_err() {
                     return Exchange::Finished(Outcome::Aborted, false);
                 }
@@ -214,7 +236,11 @@ fn exchange(
             Message::End if started => return Exchange::Finished(Outcome::Done, true),
             Message::Error { code, message } => {
                 log::debug!(target: "MP0207", "the agent answered {code}: {message}");
-                let outcome = if started { Outcome::Aborted } else { Outcome::Failed(code) };
+                let outcome = if started {
+                    Outcome::Aborted
+                } else {
+                    Outcome::Failed(code)
+                };
                 return Exchange::Finished(outcome, true);
             }
             other => {
@@ -226,7 +252,14 @@ fn exchange(
 }
 
 fn finish_broken(started: bool) -> Exchange {
-    Exchange::Finished(if started { Outcome::Aborted } else { Outcome::Failed(502) }, false)
+    Exchange::Finished(
+        if started {
+            Outcome::Aborted
+        } else {
+            Outcome::Failed(502)
+        },
+        false,
+    )
 }
 
 /// Response headers that go to the client: not hop-by-hop, not internal.

@@ -72,7 +72,10 @@ pub fn ensure_agent(config: &ServerConfig, info: &StartupInfo) -> Result<u32, St
                 return Ok(pid);
             }
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!("the agent {} did not become ready: {e}", agent.display()));
+                return Err(format!(
+                    "the agent {} did not become ready: {e}",
+                    agent.display()
+                ));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -82,10 +85,19 @@ pub fn ensure_agent(config: &ServerConfig, info: &StartupInfo) -> Result<u32, St
 /// Connects as the control role and sends CONFIGURE; returns the agent's pid.
 fn configure(socket: &Path, config: &ServerConfig, info: &StartupInfo) -> Result<u32, String> {
     let stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let mut conn = crate::protocol::Connection::new(stream);
-    conn.send(0, &Message::Hello { role: Role::Control, pid: info.apache_pid, generation: info.generation })
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    let mut conn = crate::protocol::Connection::new(stream);
+    conn.send(
+        0,
+        &Message::Hello {
+            role: Role::Control,
+            pid: info.apache_pid,
+            generation: info.generation,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let agent_pid = match conn.read_frame() {
         Ok(Some((_, Message::HelloOk { agent_pid, .. }))) => agent_pid,
         Ok(Some((_, Message::Error { message, .. }))) => return Err(message),
@@ -94,8 +106,14 @@ fn configure(socket: &Path, config: &ServerConfig, info: &StartupInfo) -> Result
     let mut document = config.to_json();
     document["server_software"] = serde_json::Value::from(info.server_software.clone());
     let body = serde_json::to_vec(&document).map_err(|e| e.to_string())?;
-    conn.send(0, &Message::Configure { generation: info.generation, config: body })
-        .map_err(|e| e.to_string())?;
+    conn.send(
+        0,
+        &Message::Configure {
+            generation: info.generation,
+            config: body,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     match conn.read_frame() {
         Ok(Some((_, Message::ConfigureOk))) => Ok(agent_pid),
         Ok(Some((_, Message::Error { message, .. }))) => Err(message),
@@ -121,16 +139,26 @@ fn find_agent(config: &ServerConfig, module_path: &Path) -> Result<PathBuf, Stri
         .cloned()
         .ok_or_else(|| {
             let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            format!("cannot find passenger-agent (tried {}); set PassengerRoot", tried.join(", "))
+            format!(
+                "cannot find passenger-agent (tried {}); set PassengerRoot",
+                tried.join(", ")
+            )
         })
 }
 
 /// Starts the agent as a child of the Apache parent. The Apache parent
 /// supervises it (the shim registers it as an "other child").
-fn start_agent(agent: &Path, registry: &Path, dir: &Path, info: &StartupInfo) -> Result<(), String> {
+fn start_agent(
+    agent: &Path,
+    registry: &Path,
+    dir: &Path,
+    info: &StartupInfo,
+) -> Result<(), String> {
     let stderr = io::stderr().lock();
     let stdout = Stdio::from(
-        std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned().map_err(|e| e.to_string())?,
+        std::os::fd::AsFd::as_fd(&stderr)
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?,
     );
     drop(stderr);
     Command::new(agent)

@@ -47,7 +47,9 @@ pub fn match_request(dir: &DirConfig, input: &MatchInput) -> Result<Option<Match
     }
     let docroot = trim_trailing_slash(input.document_root);
     if docroot.is_empty() {
-        return Err(MatchError("cannot determine the document root of the virtual host".into()));
+        return Err(MatchError(
+            "cannot determine the document root of the virtual host".into(),
+        ));
     }
     // Static files are Apache's.
     if !input.filename.is_empty() && is_regular_file(bytes_path(input.filename)) {
@@ -87,7 +89,9 @@ pub fn match_request(dir: &DirConfig, input: &MatchInput) -> Result<Option<Match
     let detected = match dir.app_type() {
         Some(app_type) => Some((
             app_type,
-            dir.startup_file().unwrap_or(app_type.default_startup_file()).to_owned(),
+            dir.startup_file()
+                .unwrap_or(app_type.default_startup_file())
+                .to_owned(),
         )),
         None => detect(&app_root, dir.startup_file())?,
     };
@@ -115,7 +119,10 @@ pub fn longest_base_uri<'a>(base_uris: &'a [String], uri: &[u8]) -> Option<&'a s
 }
 
 /// Finds the app type from the files in `app_root`.
-fn detect(app_root: &Path, startup_file: Option<&str>) -> Result<Option<(AppType, String)>, MatchError> {
+fn detect(
+    app_root: &Path,
+    startup_file: Option<&str>,
+) -> Result<Option<(AppType, String)>, MatchError> {
     if let Some(file) = startup_file {
         let app_type = match Path::new(file).extension().and_then(|e| e.to_str()) {
             Some("py") => AppType::Wsgi,
@@ -161,7 +168,8 @@ fn resolve_one_symlink(path: &Path) -> PathBuf {
 }
 
 fn parent_of(path: &Path) -> PathBuf {
-    path.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
+    path.parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
 }
 
 fn trim_trailing_slash(path: &[u8]) -> &[u8] {
@@ -183,7 +191,10 @@ mod tests {
     #[test]
     fn longest_base_uri_wins() {
         let bases = vec!["/app".to_owned(), "/app/admin".to_owned(), "/".to_owned()];
-        assert_eq!(longest_base_uri(&bases, b"/app/admin/x"), Some("/app/admin"));
+        assert_eq!(
+            longest_base_uri(&bases, b"/app/admin/x"),
+            Some("/app/admin")
+        );
         assert_eq!(longest_base_uri(&bases, b"/app/x"), Some("/app"));
         assert_eq!(longest_base_uri(&bases, b"/app"), Some("/app"));
         assert_eq!(longest_base_uri(&bases, b"/application"), None);

@@ -9,7 +9,7 @@
 
 use crate::config::DirConfig;
 use crate::module::matcher::Match;
-use crate::protocol::{Pairs, RequestHead, REQUEST_HAS_BODY, REQUEST_HTTPS};
+use crate::protocol::{Pairs, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead};
 
 /// A request as the shim describes it, borrowed for one call.
 #[derive(Debug, Default)]
@@ -73,7 +73,14 @@ pub fn build_request(
     put(b"REQUEST_URI", req.unparsed_uri);
     put(b"SERVER_NAME", req.server_name);
     put(b"SERVER_PORT", req.server_port.to_string().as_bytes());
-    put(b"SERVER_PROTOCOL", if req.protocol.is_empty() { b"HTTP/1.0" } else { req.protocol });
+    put(
+        b"SERVER_PROTOCOL",
+        if req.protocol.is_empty() {
+            b"HTTP/1.0"
+        } else {
+            req.protocol
+        },
+    );
     put(b"SERVER_SOFTWARE", server_software);
     put(b"SERVER_ADDR", req.local_ip);
     put(b"REMOTE_ADDR", req.client_ip);
@@ -94,10 +101,10 @@ pub fn build_request(
             put(b"CONTENT_TYPE", value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
             put(b"CONTENT_LENGTH", value);
-        } else if let Some(var) = header_env_name(name) {
-            if var != b"HTTP_PROXY" {
-                put(&var, value);
-            }
+        } else if let Some(var) = header_env_name(name)
+            && var != b"HTTP_PROXY"
+        {
+            put(&var, value);
         }
     }
     if req.has_body && req.content_length.is_none() {
@@ -125,16 +132,26 @@ pub fn build_request(
     if req.is_https {
         flags |= REQUEST_HTTPS;
     }
-    RequestHead { flags, options: app_options(dir, m), env }
+    RequestHead {
+        flags,
+        options: app_options(dir, m),
+        env,
+    }
 }
 
 /// The app's options for the agent: the directives set for this location,
 /// with the module's resolved app root, type, startup file and base URI.
 fn app_options(dir: &DirConfig, m: &Match) -> Pairs {
     let resolved: [(&str, Option<String>); 4] = [
-        ("PassengerAppRoot", Some(m.app_root.to_string_lossy().into_owned())),
+        (
+            "PassengerAppRoot",
+            Some(m.app_root.to_string_lossy().into_owned()),
+        ),
         ("PassengerAppType", Some(m.app_type.name().to_owned())),
-        ("PassengerStartupFile", Some(m.startup_file.clone()).filter(|s| !s.is_empty())),
+        (
+            "PassengerStartupFile",
+            Some(m.startup_file.clone()).filter(|s| !s.is_empty()),
+        ),
         ("PassengerBaseURI", m.base_uri.clone()),
     ];
     let mut options: Pairs = dir
@@ -163,7 +180,13 @@ pub fn header_env_name(name: &[u8]) -> Option<Vec<u8>> {
     }
     let mut var = Vec::with_capacity(5 + name.len());
     var.extend_from_slice(b"HTTP_");
-    var.extend(name.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+    var.extend(name.iter().map(|&b| {
+        if b == b'-' {
+            b'_'
+        } else {
+            b.to_ascii_uppercase()
+        }
+    }));
     Some(var)
 }
 
@@ -173,7 +196,10 @@ mod tests {
 
     #[test]
     fn header_names_follow_one_strict_rule() {
-        assert_eq!(header_env_name(b"X-User").as_deref(), Some(&b"HTTP_X_USER"[..]));
+        assert_eq!(
+            header_env_name(b"X-User").as_deref(),
+            Some(&b"HTTP_X_USER"[..])
+        );
         assert_eq!(header_env_name(b"accept"), Some(b"HTTP_ACCEPT".to_vec()));
         assert_eq!(header_env_name(b"X_User"), None);
         assert_eq!(header_env_name(b"X.User"), None);

@@ -128,7 +128,10 @@ struct State {
 impl State {
     /// Processes that count against PassengerMaxPoolSize.
     fn capacity_used(&self) -> usize {
-        self.groups.values().map(|g| g.live() + usize::from(g.spawning)).sum()
+        self.groups
+            .values()
+            .map(|g| g.live() + usize::from(g.spawning))
+            .sum()
     }
 }
 
@@ -196,7 +199,11 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let conn = if self.reusable { self.conn.take() } else { None };
+        let conn = if self.reusable {
+            self.conn.take()
+        } else {
+            None
+        };
         self.pool.checkin(&self.group, self.process_id, conn);
     }
 }
@@ -217,7 +224,9 @@ impl Pool {
     }
 
     fn arc(&self) -> Arc<Pool> {
-        self.me.upgrade().expect("the pool is alive while its methods run")
+        self.me
+            .upgrade()
+            .expect("the pool is alive while its methods run")
     }
 
     /// Applies new limits (a new configuration generation).
@@ -305,9 +314,13 @@ impl Pool {
 
     /// Hands free slots of `name` to its waiters (deliveries are deferred).
     fn serve_waiters(&self, state: &mut State, name: &str, deferred: &mut Deferred) {
-        let Some(group) = state.groups.get_mut(name) else { return };
+        let Some(group) = state.groups.get_mut(name) else {
+            return;
+        };
         while !group.waiters.is_empty() {
-            let Some(lease) = self.assign(group, name) else { break };
+            let Some(lease) = self.assign(group, name) else {
+                break;
+            };
             let waiter = group.waiters.pop_front().expect("not empty");
             deferred.deliveries.push((waiter, Ok(lease)));
         }
@@ -318,7 +331,9 @@ impl Pool {
     fn plan_spawn(&self, state: &mut State, name: &str, deferred: &mut Deferred) {
         let limits = state.limits;
         let used = state.capacity_used();
-        let Some(group) = state.groups.get(name) else { return };
+        let Some(group) = state.groups.get(name) else {
+            return;
+        };
         if group.spawning || state.shutting_down {
             return;
         }
@@ -329,10 +344,13 @@ impl Pool {
         if !wanted {
             return;
         }
-        let per_app = [limits.max_instances_per_app, group.options.max_instances as usize]
-            .into_iter()
-            .filter(|&n| n > 0)
-            .min();
+        let per_app = [
+            limits.max_instances_per_app,
+            group.options.max_instances as usize,
+        ]
+        .into_iter()
+        .filter(|&n| n > 0)
+        .min();
         if per_app.is_some_and(|max| live >= max) {
             return;
         }
@@ -341,7 +359,11 @@ impl Pool {
         }
         let group = state.groups.get_mut(name).expect("checked above");
         group.spawning = true;
-        deferred.spawns.push((name.to_owned(), Arc::clone(&group.options), group.generation));
+        deferred.spawns.push((
+            name.to_owned(),
+            Arc::clone(&group.options),
+            group.generation,
+        ));
     }
 
     /// Stops the longest-idle process of another group to make room.
@@ -357,7 +379,9 @@ impl Pool {
                     .map(move |p| (other.clone(), p.id, p.last_used))
             })
             .min_by_key(|(_, _, last_used)| *last_used);
-        let Some((other, id, _)) = victim else { return false };
+        let Some((other, id, _)) = victim else {
+            return false;
+        };
         let group = state.groups.get_mut(&other).expect("found above");
         log::info!(target: "MP0402", "stopping an idle process of {other} to make room for {name}");
         detach(group, id, deferred);
@@ -432,9 +456,11 @@ impl Pool {
                     if !e.details.is_empty() {
                         log::error!(target: "MP0404", "details: {}", e.details);
                     }
-                    let e = Arc::new(e);
+                    let e: Arc<spawn::Error> = Arc::from(e);
                     for waiter in group.waiters.drain(..) {
-                        deferred.deliveries.push((waiter, Err(CheckoutError::SpawnFailed(Arc::clone(&e)))));
+                        deferred
+                            .deliveries
+                            .push((waiter, Err(CheckoutError::SpawnFailed(Arc::clone(&e)))));
                     }
                 }
             }
@@ -448,7 +474,9 @@ impl Pool {
         let mut deferred = Deferred::default();
         {
             let mut state = self.state.lock();
-            let Some(group) = state.groups.get_mut(name) else { return };
+            let Some(group) = state.groups.get_mut(name) else {
+                return;
+            };
             let max_requests = group.options.max_requests;
             let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else {
                 return;
@@ -456,10 +484,10 @@ impl Pool {
             process.sessions -= 1;
             process.processed += 1;
             process.last_used = Instant::now();
-            if let Some(conn) = conn {
-                if !process.detached {
-                    process.idle.push(conn);
-                }
+            if let Some(conn) = conn
+                && !process.detached
+            {
+                process.idle.push(conn);
             }
             if max_requests > 0 && process.processed >= max_requests && !process.detached {
                 log::info!(
@@ -492,8 +520,12 @@ impl Pool {
         let mut deferred = Deferred::default();
         {
             let mut state = self.state.lock();
-            let Some(group) = state.groups.get_mut(name) else { return };
-            let Some(index) = group.processes.iter().position(|p| p.id == process_id) else { return };
+            let Some(group) = state.groups.get_mut(name) else {
+                return;
+            };
+            let Some(index) = group.processes.iter().position(|p| p.id == process_id) else {
+                return;
+            };
             let process = group.processes.remove(index);
             let _ = std::fs::remove_file(&process.socket);
             if !process.detached {
@@ -525,7 +557,9 @@ impl Pool {
                 let mut idle: Vec<(u64, Instant)> = group
                     .processes
                     .iter()
-                    .filter(|p| !p.detached && p.sessions == 0 && p.last_used.elapsed() >= idle_time)
+                    .filter(|p| {
+                        !p.detached && p.sessions == 0 && p.last_used.elapsed() >= idle_time
+                    })
                     .map(|p| (p.id, p.last_used))
                     .collect();
                 idle.sort_by_key(|&(_, last_used)| last_used);
@@ -539,7 +573,9 @@ impl Pool {
                     live -= 1;
                 }
             }
-            state.groups.retain(|_, g| !g.processes.is_empty() || g.spawning || !g.waiters.is_empty());
+            state
+                .groups
+                .retain(|_, g| !g.processes.is_empty() || g.spawning || !g.waiters.is_empty());
         }
         self.run(deferred);
     }
@@ -647,7 +683,9 @@ fn needs_restart(old: &AppOptions, new: &AppOptions) -> bool {
 
 /// Takes a process out of rotation; it stops when its last request ends.
 fn detach(group: &mut Group, process_id: u64, deferred: &mut Deferred) {
-    let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else { return };
+    let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else {
+        return;
+    };
     process.detached = true;
     process.idle.clear();
     if process.sessions == 0 {
@@ -681,18 +719,29 @@ mod tests {
             (b"PassengerAppRoot".to_vec(), root.as_bytes().to_vec()),
             (b"PassengerAppType".to_vec(), b"wsgi".to_vec()),
         ];
-        pairs.extend(extra.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())));
+        pairs.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())),
+        );
         AppOptions::from_pairs(&pairs).expect("valid options")
     }
 
     fn pool(max_pool_size: usize) -> (Arc<Pool>, Arc<DummySpawner>) {
         let spawner = Arc::new(DummySpawner::default());
-        let limits = Limits { max_pool_size, max_instances_per_app: 0, pool_idle_time: Duration::from_secs(300) };
+        let limits = Limits {
+            max_pool_size,
+            max_instances_per_app: 0,
+            pool_idle_time: Duration::from_secs(300),
+        };
         (Pool::new(spawner.clone(), limits), spawner)
     }
 
     fn live(pool: &Pool) -> usize {
-        pool.snapshot().iter().map(|g| g.processes.iter().filter(|p| !p.detached).count()).sum()
+        pool.snapshot()
+            .iter()
+            .map(|g| g.processes.iter().filter(|p| !p.detached).count())
+            .sum()
     }
 
     fn eventually(what: &str, f: impl Fn() -> bool) {
@@ -727,10 +776,15 @@ mod tests {
     #[test]
     fn a_full_queue_is_refused() {
         let (pool, _) = pool(1);
-        let held = pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")])).unwrap();
+        let held = pool
+            .checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]))
+            .unwrap();
         let queued = {
             let pool = Arc::clone(&pool);
-            std::thread::spawn(move || pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")])).is_ok())
+            std::thread::spawn(move || {
+                pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]))
+                    .is_ok()
+            })
         };
         eventually("one request queued", || pool.snapshot()[0].waiting == 1);
         let refused = pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]));
@@ -752,9 +806,16 @@ mod tests {
             })
             .collect();
         for w in waiters {
-            assert!(matches!(w.join().unwrap(), Err(CheckoutError::SpawnFailed(_))));
+            assert!(matches!(
+                w.join().unwrap(),
+                Err(CheckoutError::SpawnFailed(_))
+            ));
         }
-        assert_eq!(spawner.spawned.load(Ordering::SeqCst), 1, "one spawn serves all waiters");
+        assert_eq!(
+            spawner.spawned.load(Ordering::SeqCst),
+            1,
+            "one spawn serves all waiters"
+        );
     }
 
     #[test]
@@ -765,7 +826,9 @@ mod tests {
         drop(a);
         let b = pool.checkout(options("/b", &[])).unwrap();
         assert_ne!(b.pid(), a_pid);
-        eventually("the idle process of /a to stop", || !crate::spawn::process_alive_for_tests(a_pid));
+        eventually("the idle process of /a to stop", || {
+            !crate::spawn::process_alive_for_tests(a_pid)
+        });
         drop(b);
         pool.shutdown(Duration::from_secs(5));
     }
@@ -786,7 +849,11 @@ mod tests {
     #[test]
     fn idle_processes_are_stopped_down_to_min_instances() {
         let spawner = Arc::new(DummySpawner::default());
-        let limits = Limits { max_pool_size: 4, max_instances_per_app: 0, pool_idle_time: Duration::from_millis(50) };
+        let limits = Limits {
+            max_pool_size: 4,
+            max_instances_per_app: 0,
+            pool_idle_time: Duration::from_millis(50),
+        };
         let pool = Pool::new(spawner.clone(), limits);
         let opts = || options("/app", &[("PassengerMinInstances", "0")]);
         let a = pool.checkout(opts()).unwrap();
@@ -814,7 +881,10 @@ mod tests {
     fn changed_options_restart_the_group() {
         let (pool, _) = pool(2);
         let old = pool.checkout(options("/app", &[])).unwrap().pid();
-        let new = pool.checkout(options("/app", &[("PassengerStartupFile", "other.py")])).unwrap().pid();
+        let new = pool
+            .checkout(options("/app", &[("PassengerStartupFile", "other.py")]))
+            .unwrap()
+            .pid();
         assert_ne!(old, new);
         pool.shutdown(Duration::from_secs(5));
     }

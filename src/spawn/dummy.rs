@@ -29,11 +29,11 @@ pub struct DummySpawner {
 }
 
 impl Spawner for DummySpawner {
-    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Error> {
+    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Box<Error>> {
         std::thread::sleep(*self.delay.lock());
         let n = self.spawned.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
-            return Err(Error {
+            return Err(Box::new(Error {
                 step: Step::Ready,
                 summary: "dummy failure".into(),
                 details: String::new(),
@@ -42,12 +42,26 @@ impl Spawner for DummySpawner {
                 group: "nogroup".into(),
                 app_root: options.app_root.clone(),
                 elapsed: Duration::ZERO,
-            });
+            }));
         }
-        let mut child = Command::new("sleep").arg("60").stdout(Stdio::piped()).spawn().expect("sleep runs");
+        // Reaped by its ProcessHandle, like every app process.
+        #[allow(clippy::zombie_processes)]
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sleep runs");
         let output: OwnedFd = child.stdout.take().expect("piped").into();
-        let handle = ProcessHandle::watch(child.id() as i32, output, Arc::new(Mutex::new(VecDeque::new())));
+        let handle = ProcessHandle::watch(
+            child.id() as i32,
+            output,
+            Arc::new(Mutex::new(VecDeque::new())),
+        );
         self.handles.lock().push(Arc::clone(&handle));
-        Ok(Spawned { handle, socket: PathBuf::from(format!("/nonexistent/dummy-{n}.sock")), concurrency: 1 })
+        Ok(Spawned {
+            handle,
+            socket: PathBuf::from(format!("/nonexistent/dummy-{n}.sock")),
+            concurrency: 1,
+        })
     }
 }

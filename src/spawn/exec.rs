@@ -59,7 +59,8 @@ fn high_fd(fd: BorrowedFd) -> Result<OwnedFd, String> {
 /// Starts the process described by `plan`, with `listener` as its fd 3.
 pub fn launch(plan: &Plan, listener: BorrowedFd) -> Result<Launched, String> {
     let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-    let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     let listen_src = high_fd(listener)?;
     let ready_src = high_fd(ready_write.as_fd())?;
     drop(ready_write);
@@ -77,7 +78,9 @@ pub fn launch(plan: &Plan, listener: BorrowedFd) -> Result<Launched, String> {
         .env_clear()
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::from(out_write.try_clone().map_err(|e| e.to_string())?))
+        .stdout(Stdio::from(
+            out_write.try_clone().map_err(|e| e.to_string())?,
+        ))
         .stderr(Stdio::from(out_write));
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe system calls on values prepared before fork
@@ -112,5 +115,9 @@ pub fn launch(plan: &Plan, listener: BorrowedFd) -> Result<Launched, String> {
     drop(child);
     drop(command); // closes our copies of the output pipe's write end
     drop((listen_src, ready_src));
-    Ok(Launched { pid, output: out_read, ready: ready_read })
+    Ok(Launched {
+        pid,
+        output: out_read,
+        ready: ready_read,
+    })
 }

@@ -110,7 +110,7 @@ pub struct Spawned {
 /// give it a stand-in.
 pub trait Spawner: Send + Sync {
     /// Starts one process of the app described by `options`.
-    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Error>;
+    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Box<Error>>;
 }
 
 /// Identity rules that come from the server configuration.
@@ -141,7 +141,12 @@ const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 impl LoaderSpawner {
     /// A spawner that creates sockets in `apps_dir` and runs loaders from `loaders_dir`.
     pub fn new(apps_dir: PathBuf, loaders_dir: PathBuf, policy: UserPolicy) -> LoaderSpawner {
-        LoaderSpawner { apps_dir, loaders_dir, policy: Mutex::new(policy), next_id: AtomicU64::new(1) }
+        LoaderSpawner {
+            apps_dir,
+            loaders_dir,
+            policy: Mutex::new(policy),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// Applies a new configuration generation's user rules.
@@ -162,27 +167,37 @@ pub struct Identity {
 }
 
 impl Spawner for LoaderSpawner {
-    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Error> {
+    fn spawn(&self, options: &AppOptions) -> Result<Spawned, Box<Error>> {
         let started = Instant::now();
-        let error = |step: Step, summary: String, ident: Option<&Identity>| Error {
-            step,
-            summary,
-            details: String::new(),
-            output: String::new(),
-            user: ident.map_or_else(|| "?".into(), |i| i.user.name.clone()),
-            group: ident.map_or_else(|| "?".into(), |i| i.group.name.clone()),
-            app_root: options.app_root.clone(),
-            elapsed: started.elapsed(),
+        let error = |step: Step, summary: String, ident: Option<&Identity>| {
+            Box::new(Error {
+                step,
+                summary,
+                details: String::new(),
+                output: String::new(),
+                user: ident.map_or_else(|| "?".into(), |i| i.user.name.clone()),
+                group: ident.map_or_else(|| "?".into(), |i| i.group.name.clone()),
+                app_root: options.app_root.clone(),
+                elapsed: started.elapsed(),
+            })
         };
         let policy = self.policy.lock().clone();
-        let ident = resolve_identity(options, &policy).map_err(|e| error(Step::Prepare, e, None))?;
-        let (program, args) =
-            self.command_line(options).map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
+        let ident =
+            resolve_identity(options, &policy).map_err(|e| error(Step::Prepare, e, None))?;
+        let (program, args) = self
+            .command_line(options)
+            .map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let socket = self.apps_dir.join(format!("{}.{id}.sock", std::process::id()));
+        let socket = self
+            .apps_dir
+            .join(format!("{}.{id}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(|e| {
-            error(Step::Prepare, format!("cannot create the socket {}: {e}", socket.display()), Some(&ident))
+            error(
+                Step::Prepare,
+                format!("cannot create the socket {}: {e}", socket.display()),
+                Some(&ident),
+            )
         })?;
         let env = app_environment(options, &ident);
         let plan = exec::Plan {
@@ -211,7 +226,11 @@ impl Spawner for LoaderSpawner {
                     ident.group.name,
                     started.elapsed().as_millis()
                 );
-                Ok(Spawned { handle, socket, concurrency })
+                Ok(Spawned {
+                    handle,
+                    socket,
+                    concurrency,
+                })
             }
             Err((summary, details)) => {
                 handle.kill();
@@ -234,14 +253,20 @@ impl LoaderSpawner {
                 let python = match &options.python {
                     Some(python) => find_program(python)
                         .ok_or_else(|| format!("PassengerPython {python} was not found"))?,
-                    None => find_program("python3").or_else(|| find_program("python")).ok_or_else(
-                        || "neither python3 nor python was found in PATH; set PassengerPython".to_owned(),
-                    )?,
+                    None => find_program("python3")
+                        .or_else(|| find_program("python"))
+                        .ok_or_else(|| {
+                            "neither python3 nor python was found in PATH; set PassengerPython"
+                                .to_owned()
+                        })?,
                 };
                 let loader = self.loaders_dir.join("wsgi-loader.py");
                 Ok((python, vec![loader.to_string_lossy().into_owned()]))
             }
-            other => Err(format!("{} applications are not supported yet", other.name())),
+            other => Err(format!(
+                "{} applications are not supported yet",
+                other.name()
+            )),
         }
     }
 }
@@ -251,7 +276,10 @@ fn find_program(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         return Path::new(name).is_file().then(|| PathBuf::from(name));
     }
-    SAFE_PATH.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
+    SAFE_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
 }
 
 /// Decides who the app runs as. Never root.
@@ -267,7 +295,11 @@ pub fn resolve_identity(options: &AppOptions, policy: &UserPolicy) -> Result<Ide
             .ok()
             .flatten()
             .ok_or_else(|| format!("group {} is not in the group database", user.gid))?;
-        return Ok(Identity { groups: vec![group.gid], user, group });
+        return Ok(Identity {
+            groups: vec![group.gid],
+            user,
+            group,
+        });
     }
     let lookup_user = |name: &str, directive: &str| {
         User::from_name(name)
@@ -292,17 +324,24 @@ pub fn resolve_identity(options: &AppOptions, policy: &UserPolicy) -> Result<Ide
             .ok()
             .flatten()
             .ok_or_else(|| format!("PassengerGroup {name}: no such group"))?,
-        None => Group::from_gid(user.gid)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("the primary group {} of {} does not exist", user.gid, user.name))?,
+        None => Group::from_gid(user.gid).ok().flatten().ok_or_else(|| {
+            format!(
+                "the primary group {} of {} does not exist",
+                user.gid, user.name
+            )
+        })?,
     };
     let cname = std::ffi::CString::new(user.name.clone()).map_err(|e| e.to_string())?;
-    let mut groups = nix::unistd::getgrouplist(&cname, group.gid).unwrap_or_else(|_| vec![group.gid]);
+    let mut groups =
+        nix::unistd::getgrouplist(&cname, group.gid).unwrap_or_else(|_| vec![group.gid]);
     if !groups.contains(&group.gid) {
         groups.push(group.gid);
     }
-    Ok(Identity { user, group, groups })
+    Ok(Identity {
+        user,
+        group,
+        groups,
+    })
 }
 
 /// The environment an app process starts with.
@@ -315,18 +354,40 @@ fn app_environment(options: &AppOptions, ident: &Identity) -> Vec<(String, Strin
         ("USER".to_owned(), ident.user.name.clone()),
         ("LOGNAME".to_owned(), ident.user.name.clone()),
         ("SHELL".to_owned(), shell),
-        ("LANG".to_owned(), std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_owned())),
+        (
+            "LANG".to_owned(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_owned()),
+        ),
         ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
         ("PASSENGER_APP_ROOT".to_owned(), options.app_root.clone()),
-        ("PASSENGER_STARTUP_FILE".to_owned(), options.startup_file.clone()),
-        ("PASSENGER_APP_TYPE".to_owned(), options.app_type.name().to_owned()),
-        ("PASSENGER_APP_GROUP_NAME".to_owned(), options.app_group_name.clone()),
+        (
+            "PASSENGER_STARTUP_FILE".to_owned(),
+            options.startup_file.clone(),
+        ),
+        (
+            "PASSENGER_APP_TYPE".to_owned(),
+            options.app_type.name().to_owned(),
+        ),
+        (
+            "PASSENGER_APP_GROUP_NAME".to_owned(),
+            options.app_group_name.clone(),
+        ),
     ];
-    for var in ["PASSENGER_APP_ENV", "RAILS_ENV", "RACK_ENV", "WSGI_ENV", "NODE_ENV"] {
+    for var in [
+        "PASSENGER_APP_ENV",
+        "RAILS_ENV",
+        "RACK_ENV",
+        "WSGI_ENV",
+        "NODE_ENV",
+    ] {
         env.push((var.to_owned(), options.app_env.clone()));
     }
     if let Some(base) = &options.base_uri {
-        for var in ["PASSENGER_BASE_URI", "RAILS_RELATIVE_URL_ROOT", "RACK_BASE_URI"] {
+        for var in [
+            "PASSENGER_BASE_URI",
+            "RAILS_RELATIVE_URL_ROOT",
+            "RACK_BASE_URI",
+        ] {
             env.push((var.to_owned(), base.clone()));
         }
     }
@@ -350,15 +411,29 @@ fn wait_ready(pipe: OwnedFd, timeout: Duration) -> Result<u32, (String, String)>
                 ));
             }
             Ok(Some((_, other, _))) => {
-                return Err((format!("the loader sent an unexpected frame (type {:#04x})", other.kind()), String::new()));
+                return Err((
+                    format!(
+                        "the loader sent an unexpected frame (type {:#04x})",
+                        other.kind()
+                    ),
+                    String::new(),
+                ));
             }
             Ok(None) => {}
-            Err(e) => return Err((format!("the loader's readiness report is invalid: {e}"), String::new())),
+            Err(e) => {
+                return Err((
+                    format!("the loader's readiness report is invalid: {e}"),
+                    String::new(),
+                ));
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err((
-                format!("the application did not become ready within {} s (PassengerStartTimeout)", timeout.as_secs()),
+                format!(
+                    "the application did not become ready within {} s (PassengerStartTimeout)",
+                    timeout.as_secs()
+                ),
                 String::new(),
             ));
         }
@@ -368,15 +443,28 @@ fn wait_ready(pipe: OwnedFd, timeout: Duration) -> Result<u32, (String, String)>
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err((format!("cannot wait for the application: {e}"), String::new())),
+            Err(e) => {
+                return Err((
+                    format!("cannot wait for the application: {e}"),
+                    String::new(),
+                ));
+            }
         }
         match file.read(&mut chunk) {
             Ok(0) => {
-                return Err(("the application exited before it became ready".to_owned(), String::new()));
+                return Err((
+                    "the application exited before it became ready".to_owned(),
+                    String::new(),
+                ));
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((format!("cannot read the readiness pipe: {e}"), String::new())),
+            Err(e) => {
+                return Err((
+                    format!("cannot read the readiness pipe: {e}"),
+                    String::new(),
+                ));
+            }
         }
     }
 }

@@ -41,17 +41,26 @@ impl std::fmt::Debug for ProcessHandle {
 impl ProcessHandle {
     /// Starts watching `pid`: relays `output` to the log (last lines kept in
     /// `kept`) and reaps the process when it exits.
-    pub fn watch(pid: i32, output: OwnedFd, kept: Arc<Mutex<VecDeque<String>>>) -> Arc<ProcessHandle> {
+    pub fn watch(
+        pid: i32,
+        output: OwnedFd,
+        kept: Arc<Mutex<VecDeque<String>>>,
+    ) -> Arc<ProcessHandle> {
         let handle = Arc::new(ProcessHandle {
             pid,
-            state: Mutex::new(State { reaped: false, on_exit: None }),
+            state: Mutex::new(State {
+                reaped: false,
+                on_exit: None,
+            }),
             exited: Condvar::new(),
         });
         let watcher = Arc::clone(&handle);
-        let spawned = std::thread::Builder::new().name(format!("app-{pid}")).spawn(move || {
-            relay_output(pid, output, &kept);
-            watcher.reap();
-        });
+        let spawned = std::thread::Builder::new()
+            .name(format!("app-{pid}"))
+            .spawn(move || {
+                relay_output(pid, output, &kept);
+                watcher.reap();
+            });
         if let Err(e) = spawned {
             log::error!(target: "MP0303", "cannot watch process {pid}: {e}");
         }
@@ -118,12 +127,9 @@ impl ProcessHandle {
     /// Waits for the exit without reaping, then reaps under the lock.
     fn reap(&self) {
         let pid = Pid::from_raw(self.pid);
-        loop {
-            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
         let on_exit = {
             let mut state = self.state.lock();
             let status = waitpid(pid, None);

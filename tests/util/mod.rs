@@ -46,7 +46,6 @@ impl Drop for TempDir {
 pub struct Agent {
     pub child: Child,
     pub socket: PathBuf,
-    pub instance: PathBuf,
     _dir: TempDir,
 }
 
@@ -62,18 +61,35 @@ impl Agent {
         let socket = instance.join("agent.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the agent did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Agent { child, socket, instance, _dir: dir }
+        Agent {
+            child,
+            socket,
+            _dir: dir,
+        }
     }
 
     /// A connection that said HELLO as `role`.
     pub fn connect(&self, role: Role) -> Connection<UnixStream> {
         let stream = UnixStream::connect(&self.socket).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut conn = Connection::new(stream);
-        conn.send(0, &Message::Hello { role, pid: std::process::id(), generation: 1 }).unwrap();
+        conn.send(
+            0,
+            &Message::Hello {
+                role,
+                pid: std::process::id(),
+                generation: 1,
+            },
+        )
+        .unwrap();
         match conn.read_frame().unwrap() {
             Some((_, Message::HelloOk { .. })) => conn,
             other => panic!("expected HELLO_OK, got {other:?}"),
@@ -83,7 +99,9 @@ impl Agent {
     /// A raw stream, no handshake.
     pub fn raw(&self) -> UnixStream {
         let stream = UnixStream::connect(&self.socket).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream
     }
 
@@ -113,5 +131,9 @@ pub fn wsgi_app(dir: &Path, body: &str) {
         "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [{body:?}.encode()]\n"
     );
     std::fs::write(dir.join("passenger_wsgi.py"), app).unwrap();
-    std::fs::set_permissions(dir.join("passenger_wsgi.py"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.join("passenger_wsgi.py"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
 }
