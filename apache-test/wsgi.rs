@@ -270,34 +270,47 @@ fn graceful_restart_keeps_the_agent_and_the_app_processes() {
 fn graceful_restarts_under_load_fail_no_request() {
     let apache = wsgi_apache("");
     assert_eq!(apache.get("/").status, 200);
+    // Apache itself, serving a static file through the same two restarts,
+    // is the yardstick for connection errors (it closes some keep-alive
+    // connections when it retires children; no module can avoid that).
+    let static_file = load_during_graceful(&apache, "/static.txt");
+    let app = load_during_graceful(&apache, "/");
+    eprintln!(
+        "graceful under load: static {static_file:?}, app {app:?} (ok, non-200, connection errors)"
+    );
+    assert!(app.0 > 100, "too few requests: {app:?}");
+    assert_eq!(app.1, 0, "requests failed during graceful restarts");
+    assert_eq!(static_file.1, 0);
+    assert!(
+        app.2 <= static_file.2 + 1,
+        "app {app:?} vs static file {static_file:?}"
+    );
+}
+
+/// Four clients send keep-alive bursts for `path` while Apache restarts
+/// gracefully twice. Returns (200s, other statuses, connection errors).
+fn load_during_graceful(apache: &Apache, path: &'static str) -> (usize, usize, usize) {
     let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let bad_status = Arc::new(AtomicUsize::new(0));
-    let conn_errors = Arc::new(AtomicUsize::new(0));
+    let counts = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
     let port = apache.port;
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, ok, bad_status, conn_errors) = (
-                stop.clone(),
-                ok.clone(),
-                bad_status.clone(),
-                conn_errors.clone(),
-            );
+            let (stop, counts) = (stop.clone(), counts.clone());
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match keep_alive_burst(port, 20) {
+                    match keep_alive_burst(port, path, 20) {
                         Ok(statuses) => {
                             for s in statuses {
-                                if s == 200 {
-                                    ok.fetch_add(1, Ordering::Relaxed)
-                                } else {
-                                    bad_status.fetch_add(1, Ordering::Relaxed)
-                                };
+                                counts[usize::from(s != 200)].fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Err(_) => {
-                            conn_errors.fetch_add(1, Ordering::Relaxed);
+                            counts[2].fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -313,21 +326,14 @@ fn graceful_restarts_under_load_fail_no_request() {
     for w in workers {
         w.join().unwrap();
     }
-    let (ok, bad, errors) = (
-        ok.load(Ordering::Relaxed),
-        bad_status.load(Ordering::Relaxed),
-        conn_errors.load(Ordering::Relaxed),
-    );
-    eprintln!("graceful under load: {ok} ok, {bad} non-200, {errors} connection errors");
-    assert!(ok > 100, "too few requests: {ok}");
-    assert_eq!(bad, 0, "requests failed during graceful restarts");
-    assert!(errors <= 8, "{errors} connection errors");
+    let count = |i: usize| counts[i].load(Ordering::Relaxed);
+    (count(0), count(1), count(2))
 }
 
 /// Sends `n` requests on one keep-alive connection; returns their statuses.
 /// An error means the connection failed (as keep-alive connections may,
 /// when Apache retires a child during a graceful restart).
-fn keep_alive_burst(port: u16, n: usize) -> std::io::Result<Vec<u16>> {
+fn keep_alive_burst(port: u16, path: &str, n: usize) -> std::io::Result<Vec<u16>> {
     let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = stream.try_clone()?;
@@ -339,7 +345,9 @@ fn keep_alive_burst(port: u16, n: usize) -> std::io::Result<Vec<u16>> {
         } else {
             ""
         };
-        writer.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n").as_bytes())?;
+        writer.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n").as_bytes(),
+        )?;
         let response = read_response(&mut reader, false)?;
         if response.status == 0 {
             return Err(std::io::Error::other("connection closed"));
