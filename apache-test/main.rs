@@ -3,4 +3,5 @@
 
 mod directives;
 mod harness;
+mod users;
 mod wsgi;

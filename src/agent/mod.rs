@@ -106,6 +106,11 @@ impl Agent {
         *self.config.lock() = (generation, config);
     }
 
+    /// PassengerDefaultRuby of the current configuration.
+    pub fn default_ruby(&self) -> String {
+        self.config.lock().1.default_ruby.clone()
+    }
+
     /// A status document.
     pub fn status(&self) -> serde_json::Value {
         let (generation, config) = &*self.config.lock();

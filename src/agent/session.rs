@@ -198,7 +198,7 @@ fn serve_request(
     } else {
         (Vec::new(), BodyState::Ended)
     };
-    let options = match AppOptions::from_pairs(&head.options) {
+    let options = match AppOptions::from_pairs_with(&head.options, &agent.default_ruby()) {
         Ok(options) => options,
         Err(e) => {
             log::error!(target: "MP0703", "invalid application options: {e}");

@@ -13,11 +13,20 @@ the readiness pipe. The loader imports the startup file as the module
 ``SPAWN_ERROR``) on fd 4 and then serves requests, one at a time, over the
 frame protocol of docs/protocol.md on the connections it accepts on fd 3.
 
+With PASSENGER_SPAWN_METHOD=smart it is a *preloader* instead: fd 3 is a
+connected control socket, the app is loaded once, and every FORK frame
+(which carries a worker's listening socket, readiness pipe and output pipe)
+forks a worker that serves exactly as above.
+
 Only the standard library is used. See docs/wsgi.md for the environ we
-provide and the small ``passenger`` API module.
+provide, the small ``passenger`` API module, smart spawning and out-of-band
+work.
 """
 
+import array
 import errno
+import gc
+import io
 import importlib.machinery
 import importlib.util
 import os
@@ -25,6 +34,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import traceback
@@ -292,8 +302,9 @@ def decode_message(ftype, payload):
     """Decode the payload of a message this loader receives.
 
     REQUEST -> (flags, environ); BODY -> bytes; ERROR -> (code, message);
-    READ_BODY -> int; END, MORE, PING, PONG -> None. Any other type is not
-    meant for an application process: ProtocolError (kind 'unexpected').
+    READ_BODY -> int; END, MORE, PING, PONG, OOB_WORK, FORK -> None (FORK
+    is for a preloader, its descriptors ride beside the bytes). Any other type
+    is not meant for an application process: ProtocolError (kind 'unexpected').
     """
     if ftype == REQUEST:
         return decode_request(payload)
@@ -301,7 +312,7 @@ def decode_message(ftype, payload):
         return payload
     if ftype == ERROR:
         return decode_error(payload)
-    if ftype in (END, MORE, PING, PONG, READ_BODY):
+    if ftype in (END, MORE, PING, PONG, READ_BODY, OOB_WORK, FORK):
         if len(payload) != FIXED_PAYLOAD_LEN[ftype]:
             raise ProtocolError('bad %s payload length' % TYPE_NAMES[ftype])
         return _unpack_u32(payload, 0)[0] if ftype == READ_BODY else None
@@ -604,6 +615,9 @@ _bad_header_value = re.compile(r'[\r\n\x00]').search
 _status_cache = {}
 _header_cache = {}
 
+# The response header that asks the agent for out-of-band work (docs/protocol.md).
+OOB_HEADER = '!~Request-OOB-Work'
+
 ERROR_PAGE = (b'<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>'
               b'<body><h1>500 Internal Server Error</h1></body></html>\n')
 
@@ -667,10 +681,22 @@ def _encode_headers(headers):
     return b''.join(parts)
 
 
+_OOB_HEADER_PAIR = _encode_header((OOB_HEADER, 'true'))
+_OOB_HEADER_NAME = _pack_u32(len(OOB_HEADER)) + OOB_HEADER.lower().encode('latin-1')
+
+
+def _with_oob_header(encoded):
+    """Encoded headers plus ``!~Request-OOB-Work: true``, unless already there."""
+    if _OOB_HEADER_NAME in encoded.lower():
+        return encoded
+    return _pack_u32(_unpack_u32(encoded, 0)[0] + 1) + encoded[4:] + _OOB_HEADER_PAIR
+
+
 class Responder(object):
     """start_response(), write() and the sending of one request's response."""
 
-    __slots__ = ('conn', 'rid', 'head', 'status', 'status_bytes', 'headers', 'sent', 'done')
+    __slots__ = ('conn', 'rid', 'head', 'status', 'status_bytes', 'headers', 'sent', 'done',
+                 'oob')
 
     def __init__(self, conn, request_id, head):
         self.conn = conn
@@ -681,6 +707,7 @@ class Responder(object):
         self.headers = None
         self.sent = False
         self.done = False  # the request is over: write() must not touch the connection
+        self.oob = False  # passenger.request_oob_work() was called: add the header
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info is not None:
@@ -703,12 +730,15 @@ class Responder(object):
         """The RESPONSE frame, as a list of parts to join; marks the headers sent."""
         if self.status is None:
             raise RuntimeError('the application did not call start_response()')
-        n = len(self.status_bytes) + len(self.headers)
+        headers = self.headers
+        if self.oob:
+            headers = _with_oob_header(headers)
+        n = len(self.status_bytes) + len(headers)
         if n > MAX_PAYLOAD_LEN:
             raise ValueError('the response headers exceed the 1 MiB frame limit')
         self.sent = True
         return [_pack_header(MAGIC, VERSION, RESPONSE, self.rid, n),
-                self.status_bytes, self.headers]
+                self.status_bytes, headers]
 
     def _send_body(self, data, parts):
         """Send ``parts`` (maybe the RESPONSE) then ``data`` as BODY frames."""
@@ -804,6 +834,8 @@ class Responder(object):
                 self.sent = True
                 headers = _encode_headers([('Content-Type', 'text/html; charset=utf-8'),
                                            ('Content-Length', str(len(ERROR_PAGE)))])
+                if self.oob:
+                    headers = _with_oob_header(headers)
                 status = _parse_status('500 Internal Server Error')[1]
                 parts = [_pack_header(MAGIC, VERSION, RESPONSE, rid, len(status) + len(headers)),
                          status, headers]
@@ -843,8 +875,10 @@ BASE_ENVIRON = {
 
 
 class State(object):
-    busy = False  # a request is being served
+    busy = False  # a request (or out-of-band work) is being served
     stop = False  # SIGTERM arrived while busy: exit after the request
+    responder = None  # the Responder of the request being served, if any
+    passenger = None  # the passenger module (its event handlers)
 
 
 def build_environ(flags, env):
@@ -910,6 +944,7 @@ def handle_request(conn, app, request_id, payload):
     stream = InputStream(conn, request_id, data, more)
     environ['wsgi.input'] = stream
     r = Responder(conn, request_id, environ['REQUEST_METHOD'] == 'HEAD')
+    State.responder = r
     result = None
     try:
         result = app(environ, r.start_response)
@@ -932,7 +967,25 @@ def handle_request(conn, app, request_id, payload):
             raise
     finally:
         r.done = True
+        State.responder = None
         stream._detach()
+
+
+def do_oob_work(conn, request_id):
+    """OOB_WORK: run the oob_work handlers, then answer OOB_DONE (same id).
+
+    A handler's exception is logged and the next handler still runs; a
+    SystemExit or KeyboardInterrupt is raised again after OOB_DONE is sent.
+    """
+    pending = None
+    try:
+        if State.passenger is not None:
+            State.passenger._run_handlers('oob_work')
+    except BaseException as exc:
+        pending = exc
+    conn.send(encode_frame(OOB_DONE, request_id))
+    if pending is not None:
+        raise pending
 
 
 def serve_connection(sock, app):
@@ -956,6 +1009,14 @@ def serve_connection(sock, app):
                         raise SystemExit(0)
                 elif ftype == PING:
                     conn.send(encode_frame(PONG, rid))
+                elif ftype == OOB_WORK:
+                    State.busy = True
+                    try:
+                        do_oob_work(conn, rid)
+                    finally:
+                        State.busy = False
+                    if State.stop:
+                        raise SystemExit(0)
                 else:
                     raise ProtocolError('unexpected message type %s' % TYPE_NAMES[ftype], rid,
                                         'unexpected')
@@ -983,14 +1044,39 @@ def serve_connection(sock, app):
             pass
 
 
-def serve(listener, app, parent_pid):
+def agent_alive(parent_pid, agent_pid=0):
+    """Is the agent still there?
+
+    ``parent_pid`` is our parent at start: the agent, or for a forked worker
+    the preloader. A forked worker outlives its preloader; then it asks
+    about ``agent_pid`` (the preloader's parent) directly.
+    """
+    if parent_pid <= 1:
+        return True
+    ppid = os.getppid()
+    if ppid == parent_pid:
+        return True
+    if agent_pid <= 1 or agent_pid == parent_pid:
+        return False
+    if ppid == agent_pid:
+        return True  # the agent is our subreaper
+    try:
+        os.kill(agent_pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # EPERM: it exists, as another user
+    return True
+
+
+def serve(listener, app, parent_pid, agent_pid=0):
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
     while not State.stop:
         events = poller.poll(LISTEN_POLL_MS)
         if not events:
-            if parent_pid > 1 and os.getppid() != parent_pid:
-                log('the agent (pid %d) is gone; exiting' % parent_pid)
+            if not agent_alive(parent_pid, agent_pid):
+                log('the agent (pid %d) is gone; exiting' % (agent_pid or parent_pid))
                 return 0
             continue
         if events[0][1] & select.POLLNVAL:
@@ -1052,7 +1138,21 @@ def log_exception(message, exc):
 # The passenger API module
 # ---------------------------------------------------------------------------
 
-EVENTS = ('starting_worker_process', 'stopping_worker_process')
+EVENTS = ('starting_worker_process', 'stopping_worker_process', 'oob_work')
+
+
+def request_oob_work():
+    """Ask for out-of-band work after the current request.
+
+    Adds the response header ``!~Request-OOB-Work`` to the response of the
+    request being served. Returns True if it will be added, False when no
+    request is being served or its response headers were already sent.
+    """
+    r = State.responder
+    if r is None or r.sent or r.done:
+        return False
+    r.oob = True
+    return True
 
 
 def make_passenger_module(app_root):
@@ -1061,9 +1161,15 @@ def make_passenger_module(app_root):
 
     on_event(name, callback): run callback at an event of this process:
       'starting_worker_process': callback(forked) once the app is loaded,
-          before the first request (forked is always False: every process
-          loads the app itself);
-      'stopping_worker_process': callback() when the process exits cleanly.
+          before the first request; forked is True in a worker forked by
+          the preloader (PassengerSpawnMethod smart), else False;
+      'stopping_worker_process': callback() when the process exits cleanly;
+      'oob_work': callback() when the agent asks for out-of-band work
+          (the process is out of rotation meanwhile).
+    request_oob_work(): during a request, ask for out-of-band work after it
+      (adds the response header '!~Request-OOB-Work'); returns whether the
+      header will be sent.
+    spawn_method: 'smart' in a forked worker (and the preloader), else 'direct'.
     app_root: the application root directory.
     """)
     handlers = dict((name, []) for name in EVENTS)
@@ -1077,14 +1183,27 @@ def make_passenger_module(app_root):
         handlers[name].append(callback)
 
     def call_event(name, *args):
+        """Run the handlers of ``name``; the first exception propagates."""
         for callback in list(handlers[name]):
             callback(*args)
 
+    def run_handlers(name, *args):
+        """Run every handler of ``name``; an Exception is logged, not raised."""
+        for callback in list(handlers[name]):
+            try:
+                callback(*args)
+            except Exception as exc:
+                log_exception('a %s handler failed' % name, exc)
+
     module.on_event = on_event
+    module.request_oob_work = request_oob_work
+    module.spawn_method = 'direct'
     module._call_event = call_event
+    module._run_handlers = run_handlers
     module.app_root = app_root
     module.EVENTS = EVENTS
     sys.modules['passenger'] = module
+    State.passenger = module
     return module
 
 

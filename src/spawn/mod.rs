@@ -21,6 +21,7 @@
 #[cfg(test)]
 pub mod dummy;
 mod exec;
+pub mod identity;
 pub mod process;
 
 use std::collections::VecDeque;
@@ -34,11 +35,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::unistd::{Group, User};
 use parking_lot::Mutex;
 
 use crate::config::{AppOptions, AppType};
 use crate::protocol::{Message, parse_frame};
+pub use identity::{Identity, resolve_identity};
 pub use process::ProcessHandle;
 
 /// The steps of a spawn, in order.
@@ -130,6 +131,8 @@ pub struct LoaderSpawner {
     loaders_dir: PathBuf,
     policy: Mutex<UserPolicy>,
     next_id: AtomicU64,
+    /// Apps whose fall-back to the default user was logged already.
+    fallbacks_logged: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How many lines of a process's output are kept for error reports.
@@ -146,6 +149,7 @@ impl LoaderSpawner {
             loaders_dir,
             policy: Mutex::new(policy),
             next_id: AtomicU64::new(1),
+            fallbacks_logged: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -153,17 +157,6 @@ impl LoaderSpawner {
     pub fn set_policy(&self, policy: UserPolicy) {
         *self.policy.lock() = policy;
     }
-}
-
-/// Who an app runs as.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The user.
-    pub user: User,
-    /// The primary group.
-    pub group: Group,
-    /// Supplementary groups.
-    pub groups: Vec<nix::unistd::Gid>,
 }
 
 impl Spawner for LoaderSpawner {
@@ -184,6 +177,22 @@ impl Spawner for LoaderSpawner {
         let policy = self.policy.lock().clone();
         let ident =
             resolve_identity(options, &policy).map_err(|e| error(Step::Prepare, e, None))?;
+        if let Some(reason) = &ident.fallback
+            && self
+                .fallbacks_logged
+                .lock()
+                .insert(options.app_group_name.clone())
+        {
+            log::info!(
+                target: "MP0302",
+                "{} runs as {}:{} (PassengerDefaultUser/PassengerDefaultGroup) because {reason}",
+                options.app_group_name,
+                ident.user.name,
+                ident.group.name
+            );
+        }
+        identity::check_access(options, &ident)
+            .map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
         let (program, args) = self
             .command_line(options)
             .map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
@@ -263,6 +272,18 @@ impl LoaderSpawner {
                 let loader = self.loaders_dir.join("wsgi-loader.py");
                 Ok((python, vec![loader.to_string_lossy().into_owned()]))
             }
+            AppType::Rack => {
+                let ruby = find_program(&options.ruby)
+                    .ok_or_else(|| format!("PassengerRuby {} was not found", options.ruby))?;
+                let loader = self.loaders_dir.join("rack-loader.rb");
+                Ok((ruby, vec![loader.to_string_lossy().into_owned()]))
+            }
+            AppType::Node => {
+                let node = find_program(&options.nodejs)
+                    .ok_or_else(|| format!("PassengerNodejs {} was not found", options.nodejs))?;
+                let loader = self.loaders_dir.join("node-loader.js");
+                Ok((node, vec![loader.to_string_lossy().into_owned()]))
+            }
             other => Err(format!(
                 "{} applications are not supported yet",
                 other.name()
@@ -280,68 +301,6 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(name))
         .find(|p| p.is_file())
-}
-
-/// Decides who the app runs as. Never root.
-pub fn resolve_identity(options: &AppOptions, policy: &UserPolicy) -> Result<Identity, String> {
-    let me = nix::unistd::geteuid();
-    if !me.is_root() {
-        // Not root: everything runs as the agent's own user.
-        let user = User::from_uid(me)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("the agent's uid {me} is not in the password database"))?;
-        let group = Group::from_gid(user.gid)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("group {} is not in the group database", user.gid))?;
-        return Ok(Identity {
-            groups: vec![group.gid],
-            user,
-            group,
-        });
-    }
-    let lookup_user = |name: &str, directive: &str| {
-        User::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("{directive} {name}: no such user"))
-    };
-    let mut user = match (&options.user, policy.user_switching) {
-        (Some(name), _) => lookup_user(name, "PassengerUser")?,
-        _ => lookup_user(&policy.default_user, "PassengerDefaultUser")?,
-    };
-    if user.uid.is_root() {
-        log::info!(target: "MP0302", "apps never run as root: using PassengerDefaultUser {}", policy.default_user);
-        user = lookup_user(&policy.default_user, "PassengerDefaultUser")?;
-        if user.uid.is_root() {
-            return Err("PassengerDefaultUser is root; apps never run as root".into());
-        }
-    }
-    let group_name = options.group.as_ref().or(policy.default_group.as_ref());
-    let group = match group_name {
-        Some(name) => Group::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("PassengerGroup {name}: no such group"))?,
-        None => Group::from_gid(user.gid).ok().flatten().ok_or_else(|| {
-            format!(
-                "the primary group {} of {} does not exist",
-                user.gid, user.name
-            )
-        })?,
-    };
-    let cname = std::ffi::CString::new(user.name.clone()).map_err(|e| e.to_string())?;
-    let mut groups =
-        nix::unistd::getgrouplist(&cname, group.gid).unwrap_or_else(|_| vec![group.gid]);
-    if !groups.contains(&group.gid) {
-        groups.push(group.gid);
-    }
-    Ok(Identity {
-        user,
-        group,
-        groups,
-    })
 }
 
 /// The environment an app process starts with.
