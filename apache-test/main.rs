@@ -3,5 +3,6 @@
 
 mod directives;
 mod harness;
+mod restart;
 mod users;
 mod wsgi;

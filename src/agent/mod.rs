@@ -148,6 +148,7 @@ fn limits(config: &ServerConfig) -> Limits {
         max_pool_size: config.max_pool_size.max(1) as usize,
         max_instances_per_app: config.max_instances_per_app as usize,
         pool_idle_time: Duration::from_secs(config.pool_idle_time),
+        stat_throttle: Duration::from_secs(config.stat_throttle_rate),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Limits {
     pub max_instances_per_app: usize,
     /// PassengerPoolIdleTime (zero = never shut idle processes down).
     pub pool_idle_time: Duration,
+    /// PassengerStatThrottleRate: how often restart files are checked.
+    pub stat_throttle: Duration,
 }
 
 /// Why a checkout failed.
@@ -102,9 +104,26 @@ impl Process {
 
 type Waiter = Sender<Result<Lease, CheckoutError>>;
 
+/// The restart files as last seen (reference §4.8, done better: any
+/// change of restart.txt's mtime counts, to the nanosecond, and
+/// always_restart.txt restarts on every request, not once per window).
+#[derive(Debug, Clone, Default)]
+struct RestartWatch {
+    /// The first check only records what is there.
+    initialized: bool,
+    /// restart.txt's modification time; `None` when absent.
+    restart_mtime: Option<std::time::SystemTime>,
+    /// always_restart.txt existed at the last check.
+    always: bool,
+    /// When the next check is due.
+    next_check: Option<Instant>,
+}
+
 /// One application.
 struct Group {
     options: Arc<AppOptions>,
+    /// What the restart files looked like at the last check.
+    restart: RestartWatch,
     /// Bumped on restart, so a spawn started for old options is discarded.
     generation: u64,
     processes: Vec<Process>,
@@ -251,6 +270,7 @@ impl Pool {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
+        let restart = self.check_restart_files(&name, &options);
         let mut deferred = Deferred::default();
         let receiver = {
             let mut state = self.state.lock();
@@ -259,13 +279,19 @@ impl Pool {
             }
             let group = state.groups.entry(name.clone()).or_insert_with(|| Group {
                 options: Arc::new(options.clone()),
+                restart: RestartWatch::default(),
                 generation: 0,
                 processes: Vec::new(),
                 spawning: false,
                 waiters: VecDeque::new(),
             });
-            if needs_restart(&group.options, &options) {
-                log::info!(target: "MP0401", "the options of {name} changed: restarting it");
+            let reason = if needs_restart(&group.options, &options) {
+                Some("its options changed")
+            } else {
+                restart
+            };
+            if let Some(reason) = reason {
+                log::info!(target: "MP0401", "restarting {name}: {reason}");
                 group.options = Arc::new(options);
                 group.generation += 1;
                 detach_all(group, &mut deferred);
@@ -291,6 +317,45 @@ impl Pool {
                 Err(RecvTimeoutError::Disconnected) => Err(CheckoutError::ShuttingDown),
             },
         }
+    }
+
+    /// Checks the app's restart files when PassengerStatThrottleRate allows
+    /// (always while `always_restart.txt` exists). The file system is read
+    /// outside the pool lock; the lock only reserves the check.
+    fn check_restart_files(&self, name: &str, options: &AppOptions) -> Option<&'static str> {
+        let previous = {
+            let mut state = self.state.lock();
+            let throttle = state.limits.stat_throttle;
+            let group = state.groups.get_mut(name)?;
+            let watch = &mut group.restart;
+            let now = Instant::now();
+            if !watch.always && watch.next_check.is_some_and(|next| now < next) {
+                return None;
+            }
+            watch.next_check = Some(now + throttle);
+            watch.clone()
+        };
+        let dir = options.restart_dir_path();
+        let mtime = std::fs::metadata(dir.join("restart.txt"))
+            .and_then(|m| m.modified())
+            .ok();
+        let always = dir.join("always_restart.txt").exists();
+        let reason = if !previous.initialized {
+            None
+        } else if always {
+            Some("always_restart.txt exists")
+        } else if mtime.is_some() && mtime != previous.restart_mtime {
+            Some("restart.txt was touched")
+        } else {
+            None
+        };
+        let mut state = self.state.lock();
+        if let Some(group) = state.groups.get_mut(name) {
+            group.restart.initialized = true;
+            group.restart.restart_mtime = mtime;
+            group.restart.always = always;
+        }
+        reason
     }
 
     /// Takes a free slot in `group`, if there is one.
@@ -733,6 +798,7 @@ mod tests {
             max_pool_size,
             max_instances_per_app: 0,
             pool_idle_time: Duration::from_secs(300),
+            stat_throttle: Duration::ZERO,
         };
         (Pool::new(spawner.clone(), limits), spawner)
     }
@@ -853,6 +919,7 @@ mod tests {
             max_pool_size: 4,
             max_instances_per_app: 0,
             pool_idle_time: Duration::from_millis(50),
+            stat_throttle: Duration::ZERO,
         };
         let pool = Pool::new(spawner.clone(), limits);
         let opts = || options("/app", &[("PassengerMinInstances", "0")]);
