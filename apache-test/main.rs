@@ -2,6 +2,7 @@
 //! real apps, real HTTP. See `harness.rs`.
 
 mod directives;
+mod errors;
 mod harness;
 mod restart;
 mod users;

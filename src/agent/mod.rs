@@ -15,6 +15,7 @@
 //! The agent outlives Apache's graceful restarts: each new configuration
 //! generation connects and sends CONFIGURE; app processes keep running.
 
+pub mod error_page;
 pub mod instance;
 pub mod server;
 pub mod session;

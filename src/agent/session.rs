@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use crate::agent::Agent;
+use crate::agent::error_page::{self, Page, RequestKind};
 use crate::config::{AppOptions, ServerConfig};
 use crate::pool::{AppConnection, CheckoutError, Lease};
 use crate::protocol::{self, Connection, Message, RequestHead, Role};
@@ -211,9 +212,10 @@ fn serve_request(
             );
         }
     };
-    let mut lease = match agent.pool.checkout(options) {
+    let kind = RequestKind::of(&head.env);
+    let mut lease = match agent.pool.checkout(&options) {
         Ok(lease) => lease,
-        Err(e) => return answer_checkout_error(module, id, &e),
+        Err(e) => return answer_checkout_error(module, id, &e, &options, &kind),
     };
     let app_head = RequestHead {
         flags: head.flags,
@@ -235,6 +237,7 @@ fn serve_request(
                     &mut lease,
                     false,
                     &format!("cannot connect: {e}"),
+                    &kind,
                 );
             }
         };
@@ -258,7 +261,7 @@ fn serve_request(
                 lease.discard_connection();
             }
             Err(Relay::AppBroken { answered, error }) => {
-                return app_failed(module, id, &mut lease, answered, &error);
+                return app_failed(module, id, &mut lease, answered, &error, &kind);
             }
             Err(Relay::Module(e)) => return Err(e),
         }
@@ -379,13 +382,14 @@ fn relay(
 }
 
 /// Answers a request whose app process failed. Before a response head the
-/// client gets a 502; after it, an ERROR that makes the module abort.
+/// client gets a 502 page; after it, an ERROR that makes the module abort.
 fn app_failed(
     module: &mut ModuleConnection,
     id: u32,
     lease: &mut Lease,
     answered: bool,
     error: &str,
+    kind: &RequestKind,
 ) -> Result<(), protocol::Error> {
     lease.discard_connection();
     log::error!(
@@ -394,35 +398,30 @@ fn app_failed(
         lease.pid(),
         if answered { " mid-response" } else { "" }
     );
-    module.send(
-        id,
-        &Message::Error {
-            code: 502,
-            message: format!("the application process failed: {error}"),
-        },
-    )
+    if answered {
+        let message = format!("the application process failed: {error}");
+        return module.send(id, &Message::Error { code: 502, message });
+    }
+    send_page(module, id, error_page::app_failed(kind))
 }
 
-/// Turns a checkout failure into the module's answer.
+/// Turns a checkout failure into the module's answer: a page.
 fn answer_checkout_error(
     module: &mut ModuleConnection,
     id: u32,
     e: &CheckoutError,
+    options: &AppOptions,
+    kind: &RequestKind,
 ) -> Result<(), protocol::Error> {
-    let code = match e {
-        CheckoutError::QueueFull => {
-            log::warn!(target: "MP0706", "{e}: answering 503 (PassengerMaxRequestQueueSize)");
-            503
-        }
-        CheckoutError::QueueTimeout => 504,
-        CheckoutError::SpawnFailed(_) => 500,
-        CheckoutError::ShuttingDown => 503,
-    };
-    module.send(
-        id,
-        &Message::Error {
-            code,
-            message: e.to_string(),
-        },
-    )
+    if matches!(e, CheckoutError::QueueFull) {
+        log::warn!(target: "MP0706", "{}: {e}: answering 503 (PassengerMaxRequestQueueSize)", options.app_group_name);
+    }
+    send_page(module, id, error_page::checkout_failed(e, options, kind))
+}
+
+/// Sends a whole page as RESPONSE, BODY, END in one write.
+fn send_page(module: &mut ModuleConnection, id: u32, page: Page) -> Result<(), protocol::Error> {
+    module.queue(id, &Message::Response(page.head));
+    module.queue_body(id, &page.body)?;
+    module.send(id, &Message::End)
 }

@@ -211,7 +211,12 @@ pub unsafe extern "C" fn mp_handle_request(
             &crate::module::server_software(),
         );
         let mut bridge = Bridge { io };
-        let (status, code) = match handler::handle(&head, info.has_body, &mut bridge) {
+        let (status, code) = match handler::handle(
+            &head,
+            info.has_body,
+            handle.dir.error_override(),
+            &mut bridge,
+        ) {
             Outcome::Done => (mp_status::MP_OK, 200),
             Outcome::Failed(code) => (mp_status::MP_ERR_AGENT, u32::from(code)),
             Outcome::Aborted => (mp_status::MP_ERR_CLIENT_GONE, 0),

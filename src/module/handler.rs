@@ -52,8 +52,16 @@ struct Body {
     consumed_past_prefix: bool,
 }
 
-/// Serves one request through the agent.
-pub fn handle(head: &RequestHead, has_body: bool, io: &mut dyn RequestIo) -> Outcome {
+/// Serves one request through the agent. With `error_override`
+/// (PassengerErrorOverride), a response of status 400 or more is not sent:
+/// its body is read and dropped, and Apache answers with its own
+/// ErrorDocument for that status.
+pub fn handle(
+    head: &RequestHead,
+    has_body: bool,
+    error_override: bool,
+    io: &mut dyn RequestIo,
+) -> Outcome {
     let mut body = Body {
         prefix: Vec::new(),
         ended: !has_body,
@@ -75,7 +83,7 @@ pub fn handle(head: &RequestHead, has_body: bool, io: &mut dyn RequestIo) -> Out
                 }
             },
         };
-        match exchange(&mut conn, head, has_body, &mut body, io) {
+        match exchange(&mut conn, head, has_body, error_override, &mut body, io) {
             Exchange::Finished(outcome, keep) => {
                 if keep {
                     client::put_idle(conn);
@@ -122,6 +130,7 @@ fn exchange(
     conn: &mut AgentConnection,
     head: &RequestHead,
     has_body: bool,
+    error_override: bool,
     body: &mut Body,
     io: &mut dyn RequestIo,
 ) -> Exchange {
@@ -148,6 +157,8 @@ fn exchange(
 
     let mut started = false;
     let mut answered = false;
+    // Set when the app's error response is replaced by Apache's ErrorDocument.
+    let mut overridden = None;
     let mut chunk = Vec::new();
     loop {
         let frame = match conn.read_frame() {
@@ -216,6 +227,10 @@ fn exchange(
                     reason,
                     headers,
                 } = response;
+                if error_override && status >= 400 {
+                    overridden = Some(status);
+                    continue;
+                }
                 let headers: Pairs = headers
                     .into_iter()
                     .filter(|(n, _)| forwardable(n))
@@ -224,6 +239,7 @@ fn exchange(
                     return Exchange::Finished(Outcome::Aborted, false);
                 }
             }
+            Message::Body(_) if overridden.is_some() => {}
             Message::Body(data) => {
                 if !started {
                     return finish_broken(started);
@@ -233,13 +249,16 @@ fn exchange(
                     return Exchange::Finished(Outcome::Aborted, false);
                 }
             }
-            Message::End if started => return Exchange::Finished(Outcome::Done, true),
+            Message::End if started => {
+                let outcome = overridden.map_or(Outcome::Done, Outcome::Failed);
+                return Exchange::Finished(outcome, true);
+            }
             Message::Error { code, message } => {
                 log::debug!(target: "MP0207", "the agent answered {code}: {message}");
-                let outcome = if started {
-                    Outcome::Aborted
-                } else {
-                    Outcome::Failed(code)
+                let outcome = match overridden {
+                    Some(status) => Outcome::Failed(status),
+                    None if started => Outcome::Aborted,
+                    None => Outcome::Failed(code),
                 };
                 return Exchange::Finished(outcome, true);
             }

@@ -264,13 +264,13 @@ impl Pool {
 
     /// Gets a slot on a process of the app described by `options`, waiting
     /// in the app's queue (and spawning) as needed.
-    pub fn checkout(&self, options: AppOptions) -> Result<Lease, CheckoutError> {
+    pub fn checkout(&self, options: &AppOptions) -> Result<Lease, CheckoutError> {
         let name = options.app_group_name.clone();
         let max_wait = match options.max_request_queue_time {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
-        let restart = self.check_restart_files(&name, &options);
+        let restart = self.check_restart_files(&name, options);
         let mut deferred = Deferred::default();
         let receiver = {
             let mut state = self.state.lock();
@@ -285,14 +285,14 @@ impl Pool {
                 spawning: false,
                 waiters: VecDeque::new(),
             });
-            let reason = if needs_restart(&group.options, &options) {
+            let reason = if needs_restart(&group.options, options) {
                 Some("its options changed")
             } else {
                 restart
             };
             if let Some(reason) = reason {
                 log::info!(target: "MP0401", "restarting {name}: {reason}");
-                group.options = Arc::new(options);
+                group.options = Arc::new(options.clone());
                 group.generation += 1;
                 detach_all(group, &mut deferred);
             }
@@ -516,10 +516,11 @@ impl Pool {
                     self.serve_waiters(&mut state, name, &mut deferred);
                 }
                 Ok(spawned) => deferred.stops.push((spawned.handle, spawned.socket)),
-                Err(e) => {
-                    log::error!(target: "MP0404", "{e}");
+                Err(mut e) => {
+                    e.id = spawn::new_error_id();
+                    log::error!(target: "MP0404", "error id {}: {e}", e.id);
                     if !e.details.is_empty() {
-                        log::error!(target: "MP0404", "details: {}", e.details);
+                        log::error!(target: "MP0404", "error id {}: details: {}", e.id, e.details);
                     }
                     let e: Arc<spawn::Error> = Arc::from(e);
                     for waiter in group.waiters.drain(..) {
@@ -821,14 +822,14 @@ mod tests {
     #[test]
     fn a_process_per_concurrent_request_up_to_the_pool_size() {
         let (pool, spawner) = pool(2);
-        let a = pool.checkout(options("/app", &[])).unwrap();
-        let b = pool.checkout(options("/app", &[])).unwrap();
+        let a = pool.checkout(&options("/app", &[])).unwrap();
+        let b = pool.checkout(&options("/app", &[])).unwrap();
         assert_ne!(a.pid(), b.pid());
         assert_eq!(spawner.spawned.load(Ordering::SeqCst), 2);
         // The pool is full: the third request waits for a free process.
         let waiter = {
             let pool = Arc::clone(&pool);
-            std::thread::spawn(move || pool.checkout(options("/app", &[])).map(|l| l.pid()))
+            std::thread::spawn(move || pool.checkout(&options("/app", &[])).map(|l| l.pid()))
         };
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(spawner.spawned.load(Ordering::SeqCst), 2);
@@ -848,12 +849,12 @@ mod tests {
         let queued = {
             let pool = Arc::clone(&pool);
             std::thread::spawn(move || {
-                pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]))
+                pool.checkout(&options("/app", &[("PassengerMaxRequestQueueSize", "1")]))
                     .is_ok()
             })
         };
         eventually("one request queued", || pool.snapshot()[0].waiting == 1);
-        let refused = pool.checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]));
+        let refused = pool.checkout(&options("/app", &[("PassengerMaxRequestQueueSize", "1")]));
         assert!(matches!(refused, Err(CheckoutError::QueueFull)));
         drop(held);
         assert!(queued.join().unwrap());
@@ -868,7 +869,7 @@ mod tests {
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let pool = Arc::clone(&pool);
-                std::thread::spawn(move || pool.checkout(options("/broken", &[])))
+                std::thread::spawn(move || pool.checkout(&options("/broken", &[])))
             })
             .collect();
         for w in waiters {
@@ -887,10 +888,10 @@ mod tests {
     #[test]
     fn an_idle_process_of_another_app_makes_room() {
         let (pool, _) = pool(1);
-        let a = pool.checkout(options("/a", &[])).unwrap();
+        let a = pool.checkout(&options("/a", &[])).unwrap();
         let a_pid = a.pid();
         drop(a);
-        let b = pool.checkout(options("/b", &[])).unwrap();
+        let b = pool.checkout(&options("/b", &[])).unwrap();
         assert_ne!(b.pid(), a_pid);
         eventually("the idle process of /a to stop", || {
             !crate::spawn::process_alive_for_tests(a_pid)
@@ -903,10 +904,10 @@ mod tests {
     fn max_requests_recycles_a_process() {
         let (pool, spawner) = pool(2);
         let opts = || options("/app", &[("PassengerMaxRequests", "2")]);
-        let first = pool.checkout(opts()).unwrap().pid();
-        let second = pool.checkout(opts()).unwrap().pid();
+        let first = pool.checkout(&opts()).unwrap().pid();
+        let second = pool.checkout(&opts()).unwrap().pid();
         assert_eq!(first, second);
-        let third = pool.checkout(opts()).unwrap().pid();
+        let third = pool.checkout(&opts()).unwrap().pid();
         assert_ne!(third, first);
         assert_eq!(spawner.spawned.load(Ordering::SeqCst), 2);
         pool.shutdown(Duration::from_secs(5));
@@ -923,8 +924,8 @@ mod tests {
         };
         let pool = Pool::new(spawner.clone(), limits);
         let opts = || options("/app", &[("PassengerMinInstances", "0")]);
-        let a = pool.checkout(opts()).unwrap();
-        let b = pool.checkout(opts()).unwrap();
+        let a = pool.checkout(&opts()).unwrap();
+        let b = pool.checkout(&opts()).unwrap();
         drop((a, b));
         std::thread::sleep(Duration::from_millis(100));
         pool.collect_idle();
@@ -935,10 +936,10 @@ mod tests {
     #[test]
     fn a_dead_process_is_forgotten_and_replaced() {
         let (pool, spawner) = pool(2);
-        let pid = pool.checkout(options("/app", &[])).unwrap().pid();
+        let pid = pool.checkout(&options("/app", &[])).unwrap().pid();
         spawner.handles.lock()[0].kill();
         eventually("the dead process to leave the pool", || live(&pool) == 0);
-        let again = pool.checkout(options("/app", &[])).unwrap();
+        let again = pool.checkout(&options("/app", &[])).unwrap();
         assert_ne!(again.pid(), pid);
         drop(again);
         pool.shutdown(Duration::from_secs(5));
@@ -947,7 +948,7 @@ mod tests {
     #[test]
     fn changed_options_restart_the_group() {
         let (pool, _) = pool(2);
-        let old = pool.checkout(options("/app", &[])).unwrap().pid();
+        let old = pool.checkout(&options("/app", &[])).unwrap().pid();
         let new = pool
             .checkout(options("/app", &[("PassengerStartupFile", "other.py")]))
             .unwrap()

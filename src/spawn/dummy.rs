@@ -42,6 +42,7 @@ impl Spawner for DummySpawner {
                 group: "nogroup".into(),
                 app_root: options.app_root.clone(),
                 elapsed: Duration::ZERO,
+                id: String::new(),
             }));
         }
         // Reaped by its ProcessHandle, like every app process.

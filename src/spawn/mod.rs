@@ -82,6 +82,21 @@ pub struct Error {
     pub app_root: String,
     /// How long the spawn ran before it failed.
     pub elapsed: Duration,
+    /// The id under which the failure was logged (shown on plain error pages).
+    pub id: String,
+}
+
+/// A short random id that ties an error page to its log lines.
+pub fn new_error_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
 impl fmt::Display for Error {
@@ -172,6 +187,7 @@ impl Spawner for LoaderSpawner {
                 group: ident.map_or_else(|| "?".into(), |i| i.group.name.clone()),
                 app_root: options.app_root.clone(),
                 elapsed: started.elapsed(),
+                id: String::new(),
             })
         };
         let policy = self.policy.lock().clone();
