@@ -9,6 +9,7 @@ written from docs/protocol.md; it is checked against docs/protocol-vectors.json
 too, as is the loader's.
 """
 
+import ast
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -30,7 +31,10 @@ import shutil
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, 'wsgi-loader.py')
 VECTORS = os.path.join(HERE, '..', '..', 'docs', 'protocol-vectors.json')
-PYTHON = '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable
+# The interpreter that runs the loader; TEST_LOADER_PYTHON picks another one
+# (e.g. a Python 3.7 or 3.8, to cover the loader's fallbacks).
+PYTHON = os.environ.get('TEST_LOADER_PYTHON') or (
+    '/usr/bin/python3' if os.path.exists('/usr/bin/python3') else sys.executable)
 
 # ---------------------------------------------------------------------------
 # The test's own codec (docs/protocol.md)
@@ -46,6 +50,7 @@ NAMES = dict((v, k) for k, v in T.items())
 REQUEST, BODY, END, MORE, READ_BODY = T['REQUEST'], T['BODY'], T['END'], T['MORE'], T['READ_BODY']
 RESPONSE, ERROR, PING, PONG = T['RESPONSE'], T['ERROR'], T['PING'], T['PONG']
 READY, SPAWN_ERROR = T['READY'], T['SPAWN_ERROR']
+FORK, FORKED, OOB_WORK, OOB_DONE = T['FORK'], T['FORKED'], T['OOB_WORK'], T['OOB_DONE']
 
 
 def frame(ftype, rid=0, payload=b''):
@@ -1335,6 +1340,527 @@ class TestStartup(LoaderTestCase):
         self.assertIn('is gone; exiting', self.stderr())
 
 
+OOB_APP = r"""
+import os, sys, time, passenger
+
+TMP = os.environ['TEST_TMP']
+AT_LOAD = passenger.request_oob_work()  # no request: False
+LATE = []
+
+def log_line(name, text):
+    with open(os.path.join(TMP, name), 'a') as f:
+        f.write(text + '\n')
+
+def first_handler():
+    log_line('oob-log', 'first')
+    if os.path.exists(os.path.join(TMP, 'oob-fail')):
+        raise RuntimeError('the first oob handler failed')
+
+def second_handler():
+    log_line('oob-log', 'second')
+    if os.path.exists(os.path.join(TMP, 'oob-slow')):
+        log_line('oob-slow-started', 'x')
+        while not os.path.exists(os.path.join(TMP, 'oob-slow-go')):
+            time.sleep(0.005)
+
+passenger.on_event('oob_work', first_handler)
+passenger.on_event('oob_work', second_handler)
+
+def application(environ, start_response):
+    path = environ['PATH_INFO']
+    if path == '/header':
+        start_response('200 OK', [('Content-Type', 'text/plain'), ('!~Request-OOB-Work', 'yes')])
+        return [b'header']
+    if path == '/api':
+        asked = passenger.request_oob_work()
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return [repr(asked).encode()]
+    if path == '/api-before-start-response':
+        passenger.request_oob_work()
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return [b'early']
+    if path == '/api-and-header':
+        passenger.request_oob_work()
+        start_response('200 OK', [('!~request-oob-work', 'x')])
+        return [b'once']
+    if path == '/api-then-error':
+        passenger.request_oob_work()
+        raise ValueError('failing after asking for oob work')
+    if path == '/api-too-late':
+        def gen():
+            start_response('200 OK', [])
+            yield b'first'
+            LATE.append(passenger.request_oob_work())
+            yield b'second'
+        return gen()
+    if path == '/late':
+        start_response('200 OK', [])
+        return [repr((AT_LOAD, LATE)).encode()]
+    start_response('200 OK', [])
+    return [b'plain']
+"""
+
+
+class TestOutOfBandWork(LoaderTestCase):
+
+    def setUp(self):
+        LoaderTestCase.setUp(self)
+        self.start_ok(OOB_APP)
+        self.c = self.connect()
+
+    def get(self, path, rid=1):
+        return do_request(self.c, rid, default_env('GET', path))
+
+    def oob_headers(self, res):
+        return [(n, v) for n, v in res.headers if n.lower() == '!~request-oob-work']
+
+    def oob_log(self):
+        try:
+            with open(self.path('oob-log')) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
+
+    def test_header_from_the_app_is_passed_through(self):
+        res = self.get('/header')
+        self.assertEqual(res.status, 200)
+        self.assertEqual(self.oob_headers(res), [('!~Request-OOB-Work', 'yes')])
+        self.assertEqual(self.oob_headers(self.get('/plain', 2)), [])
+
+    def test_request_oob_work_adds_the_header(self):
+        res = self.get('/api')
+        self.assertEqual(res.body, b'True')
+        self.assertEqual(res.headers, [('Content-Type', 'text/plain'),
+                                       ('!~Request-OOB-Work', 'true')])
+        res = self.get('/api-before-start-response', 2)
+        self.assertEqual(self.oob_headers(res), [('!~Request-OOB-Work', 'true')])
+        # only for the request that asked
+        self.assertEqual(self.oob_headers(self.get('/plain', 3)), [])
+
+    def test_request_oob_work_does_not_duplicate_the_header(self):
+        res = self.get('/api-and-header')
+        self.assertEqual(self.oob_headers(res), [('!~request-oob-work', 'x')])
+
+    def test_request_oob_work_on_the_error_page(self):
+        res = self.get('/api-then-error')
+        self.assertEqual(res.status, 500)
+        self.assertEqual(self.oob_headers(res), [('!~Request-OOB-Work', 'true')])
+
+    def test_request_oob_work_outside_a_request_or_too_late(self):
+        res = self.get('/api-too-late')
+        self.assertEqual(res.body, b'firstsecond')
+        self.assertEqual(self.oob_headers(res), [])
+        self.assertEqual(self.get('/late', 2).body, b'(False, [False])')
+
+    def test_oob_work_runs_the_handlers_and_answers_oob_done(self):
+        res = self.get('/api')
+        self.assertTrue(self.oob_headers(res))
+        self.c.send(frame(OOB_WORK, 0))
+        self.assertEqual(self.c.read_frame(), (OOB_DONE, 0, b''))
+        self.assertEqual(self.oob_log(), ['first', 'second'])
+        # any request id is echoed
+        self.c.send(frame(OOB_WORK, 77))
+        self.assertEqual(self.c.read_frame(), (OOB_DONE, 77, b''))
+        self.assertEqual(self.oob_log(), ['first', 'second'] * 2)
+        # the connection goes on with requests
+        self.assertEqual(self.get('/plain', 3).body, b'plain')
+        # and on a new connection too
+        self.c.close()
+        c = self.connect()
+        c.send(frame(OOB_WORK, 5) + frame(PING, 0))
+        self.assertEqual(c.read_frame(), (OOB_DONE, 5, b''))
+        self.assertEqual(c.read_frame(), (PONG, 0, b''))
+        self.assertEqual(do_request(c, 4, default_env('GET', '/plain')).body, b'plain')
+
+    def test_failing_handler_still_gives_oob_done(self):
+        open(self.path('oob-fail'), 'w').close()
+        self.c.send(frame(OOB_WORK, 3))
+        self.assertEqual(self.c.read_frame(), (OOB_DONE, 3, b''))
+        self.assertEqual(self.oob_log(), ['first', 'second'])
+        err = self.stderr()
+        self.assertIn('oob_work handler failed', err)
+        self.assertIn('RuntimeError: the first oob handler failed', err)
+        self.assertEqual(self.get('/plain').body, b'plain')
+        self.assertIsNone(self.proc.poll())
+
+    def test_sigterm_during_oob_work_waits_for_it(self):
+        open(self.path('oob-slow'), 'w').close()
+        self.c.send(frame(OOB_WORK, 0))
+        self.wait_file('oob-slow-started')
+        self.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        self.assertIsNone(self.proc.poll())
+        open(self.path('oob-slow-go'), 'w').close()
+        self.assertEqual(self.c.read_frame(), (OOB_DONE, 0, b''))
+        self.assertEqual(self.wait_exit(), 0)
+        self.assertTrue(self.c.is_closed())
+
+
+# ---------------------------------------------------------------------------
+# Smart spawning
+# ---------------------------------------------------------------------------
+
+SMART_APP = r"""
+import gc, os, random, sys, passenger
+
+TMP = os.environ['TEST_TMP']
+with open(os.path.join(TMP, 'loads'), 'a') as f:
+    f.write('%d\n' % os.getpid())
+with open(os.path.join(TMP, 'loads')) as f:
+    LOADS = len(f.read().split())
+LOADED_IN = os.getpid()
+SPAWN_METHOD_AT_LOAD = passenger.spawn_method
+REQUESTS = [0]
+STARTED = []
+print('printed by the preloader at load time')
+
+def started(forked):
+    STARTED.append(forked)
+    if os.path.exists(os.path.join(TMP, 'fail-start')):
+        raise RuntimeError('no database in the worker')
+
+def stopping():
+    with open(os.path.join(TMP, 'stopped-%d' % os.getpid()), 'w') as f:
+        f.write('stopped')
+
+def oob():
+    with open(os.path.join(TMP, 'oob-%d' % os.getpid()), 'w') as f:
+        f.write('oob')
+
+passenger.on_event('starting_worker_process', started)
+passenger.on_event('stopping_worker_process', stopping)
+passenger.on_event('oob_work', oob)
+
+def application(environ, start_response):
+    REQUESTS[0] += 1
+    if environ['PATH_INFO'] == '/print':
+        print('printed by worker %d' % os.getpid())
+        environ['wsgi.errors'].write('logged by worker %d\n' % os.getpid())
+    fds = {3: os.fstat(3).st_ino}
+    body = repr({
+        'pid': os.getpid(), 'ppid': os.getppid(), 'loads': LOADS, 'loaded_in': LOADED_IN,
+        'requests': REQUESTS[0], 'started': STARTED, 'random': random.random(),
+        'gc_enabled': gc.isenabled(),
+        'frozen': gc.get_freeze_count() if hasattr(gc, 'get_freeze_count') else None,
+        'spawn_method': SPAWN_METHOD_AT_LOAD, 'fd3': fds[3],
+        'stdout_line_buffering': sys.stdout.line_buffering,
+        'stderr_line_buffering': sys.stderr.line_buffering,
+    }).encode()
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [body]
+"""
+
+
+class Worker(object):
+    def __init__(self, pid, sock_path, listener_ino, out_r):
+        self.pid = pid
+        self.sock_path = sock_path
+        self.listener_ino = listener_ino
+        self.out_r = out_r  # read end of the worker's output pipe
+        self.ready = None
+
+
+class TestSmartSpawning(LoaderTestCase):
+
+    def setUp(self):
+        LoaderTestCase.setUp(self)
+        self.workers = []
+        self.ctl = None
+        self.rid = 0
+
+    def tearDown(self):
+        for w in self.workers:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            os.close(w.out_r)
+        if self.ctl is not None:
+            self.ctl.close()
+        LoaderTestCase.tearDown(self)
+
+    def start_preloader(self, source, ready=True):
+        """Start the loader as a preloader: fd 3 = our socketpair's other end."""
+        self.write_app(source)
+        self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctl.settimeout(20)
+        r, w = os.pipe()
+        cfd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        wfd = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 10)
+        theirs.close()
+        os.close(w)
+        child_env = dict(os.environ)
+        child_env.update({'PASSENGER_APP_ROOT': self.root, 'TEST_TMP': self.tmp,
+                          'PASSENGER_SPAWN_METHOD': 'smart'})
+        child_env.pop('PASSENGER_STARTUP_FILE', None)
+        self.stdout_file = open(self.path('stdout.log'), 'wb')
+        self.stderr_file = open(self.path('stderr.log'), 'wb')
+        self.proc = subprocess.Popen(
+            [PYTHON, '-c', TRAMPOLINE, str(cfd), str(wfd), PYTHON, LOADER],
+            cwd=self.root, env=child_env, stdin=subprocess.DEVNULL,
+            stdout=self.stdout_file, stderr=self.stderr_file, pass_fds=(cfd, wfd))
+        os.close(cfd)
+        os.close(wfd)
+        data = self.read_readiness(r)
+        os.close(r)
+        if ready and data != frame(READY, 0, u32(1)):
+            self.fail('expected READY from the preloader, got %r; stderr:\n%s'
+                      % (data, self.stderr()))
+        return data
+
+    def read_ctl(self):
+        buf = b''
+        while len(buf) < 12 or len(buf) < 12 + struct.unpack('>I', buf[8:12])[0]:
+            chunk = self.ctl.recv(65536)
+            if not chunk:
+                self.fail('the preloader closed the control socket (got %r)' % buf)
+            buf += chunk
+        magic, version, ftype, rid, length = HEADER.unpack_from(buf)
+        self.assertEqual((magic, version, len(buf)), (b'MP', 1, 12 + length))
+        return ftype, rid, buf[12:]
+
+    def send_fork(self, fds):
+        self.rid += 1
+        socket.send_fds(self.ctl, [frame(FORK, self.rid)], fds)
+        return self.rid
+
+    def fork(self, ready=True):
+        """FORK a worker on a new listening socket, readiness pipe and output pipe."""
+        n = len(self.workers)
+        sock_path = self.path('worker%d.sock' % n)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(sock_path)
+        listener.listen(16)
+        ready_r, ready_w = os.pipe()
+        out_r, out_w = os.pipe()
+        os.set_blocking(out_r, False)
+        rid = self.send_fork([listener.fileno(), ready_w, out_w])
+        ino = os.fstat(listener.fileno()).st_ino
+        listener.close()
+        os.close(ready_w)
+        os.close(out_w)
+        ftype, frid, payload = self.read_ctl()
+        self.assertEqual((NAMES.get(ftype), frid), ('FORKED', rid), payload)
+        pid = struct.unpack('>I', payload)[0]
+        w = Worker(pid, sock_path, ino, out_r)
+        self.workers.append(w)
+        w.ready = self.read_readiness(ready_r)
+        os.close(ready_r)
+        if ready:
+            self.assertEqual(w.ready, frame(READY, 0, u32(1)), self.stderr())
+        return w
+
+    def get(self, w, path='/', rid=1):
+        c = Conn(w.sock_path)
+        self.conns.append(c)
+        res = do_request(c, rid, default_env('GET', path))
+        self.assertEqual(res.status, 200, self.stderr())
+        return ast.literal_eval(res.body.decode()), c
+
+    def output(self, w, want, timeout=10):
+        data = b''
+        deadline = time.time() + timeout
+        while want not in data and time.time() < deadline:
+            try:
+                chunk = os.read(w.out_r, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                break
+            data += chunk
+        return data.decode('utf-8', 'replace')
+
+    def ppid(self, pid):
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith('PPid:'):
+                    return int(line.split()[1])
+
+    def state(self, pid):
+        """The /proc state letter of ``pid``, or None once it is gone (reaped)."""
+        try:
+            with open('/proc/%d/stat' % pid) as f:
+                return f.read().rsplit(') ', 1)[1][0]
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
+    def fd_inodes(self, pid):
+        inodes = set()
+        for name in os.listdir('/proc/%d/fd' % pid):
+            try:
+                inodes.add(os.stat('/proc/%d/fd/%s' % (pid, name)).st_ino)
+            except OSError:
+                pass
+        return inodes
+
+    def wait_gone(self, pid, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.state(pid) is None:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def test_fork_a_worker_and_serve(self):
+        self.start_preloader(SMART_APP)
+        w = self.fork()
+        self.assertNotEqual(w.pid, self.proc.pid)
+        self.assertEqual(self.ppid(w.pid), self.proc.pid)
+        info, c = self.get(w)
+        self.assertEqual(info['pid'], w.pid)
+        self.assertEqual(info['ppid'], self.proc.pid)
+        self.assertEqual(info['loaded_in'], self.proc.pid)
+        self.assertEqual(info['loads'], 1)
+        self.assertEqual(info['started'], [True])
+        self.assertEqual(info['spawn_method'], 'smart')
+        # fd 3 is the listening socket it was given (the readiness pipe was
+        # closed: read_readiness saw EOF), and the control socket is not kept
+        self.assertEqual(info['fd3'], w.listener_ino)
+        control_ino = os.stat('/proc/%d/fd/3' % self.proc.pid).st_ino
+        self.assertNotIn(control_ino, self.fd_inodes(w.pid))
+        self.assertIn(w.listener_ino, self.fd_inodes(w.pid))
+        self.assertTrue(info['gc_enabled'])
+        if sys.version_info >= (3, 7):
+            self.assertGreater(info['frozen'], 0)
+        self.assertTrue(info['stdout_line_buffering'])
+        self.assertTrue(info['stderr_line_buffering'])
+        # the preloader itself has no starting_worker_process and serves nothing
+        self.assertIsNone(self.proc.poll())
+        # out-of-band work in a forked worker: handlers registered at load time
+        c.send(frame(OOB_WORK, 0))
+        self.assertEqual(c.read_frame(), (OOB_DONE, 0, b''))
+        self.assertTrue(os.path.exists(self.path('oob-%d' % w.pid)))
+
+    def test_two_workers_share_the_module_loaded_once(self):
+        self.start_preloader(SMART_APP)
+        a = self.fork()
+        b = self.fork()
+        self.assertNotEqual(a.pid, b.pid)
+        ia1, ca = self.get(a)
+        ia2 = ast.literal_eval(do_request(ca, 2, default_env()).body.decode())
+        ib1, _ = self.get(b)
+        self.assertEqual((ia1['loads'], ib1['loads']), (1, 1))
+        self.assertEqual(ia1['loaded_in'], self.proc.pid)
+        self.assertEqual(ib1['loaded_in'], self.proc.pid)
+        # module state is per process after the fork
+        self.assertEqual((ia1['requests'], ia2['requests'], ib1['requests']), (1, 2, 1))
+        self.assertEqual(ib1['started'], [True])
+        self.assertNotEqual(ia1['random'], ib1['random'])
+        with open(self.path('loads')) as f:
+            self.assertEqual(f.read().split(), [str(self.proc.pid)])
+
+    def test_worker_output_goes_to_its_pipe(self):
+        self.start_preloader(SMART_APP)
+        w = self.fork()
+        self.get(w, '/print')
+        out = self.output(w, b'logged by worker')
+        self.assertIn('printed by worker %d\n' % w.pid, out)
+        self.assertIn('logged by worker %d\n' % w.pid, out)
+        self.assertNotIn('preloader at load time', out)
+        self.stdout_file.flush()
+        with open(self.path('stdout.log')) as f:
+            preloader_out = f.read()
+        self.assertIn('printed by the preloader at load time', preloader_out)
+        self.assertNotIn('worker', preloader_out)
+
+    def test_ping_and_unexpected_frames(self):
+        self.start_preloader(SMART_APP)
+        self.ctl.sendall(frame(PING, 9))
+        self.assertEqual(self.read_ctl(), (PONG, 9, b''))
+        self.ctl.sendall(request_frame(1, default_env()))
+        ftype, rid, payload = self.read_ctl()
+        self.assertEqual((ftype, rid), (ERROR, 1))
+        self.assertEqual(parse_error(payload)[0], 400)
+        self.ctl.sendall(frame(PING, 0))
+        self.assertEqual(self.read_ctl(), (PONG, 0, b''))
+        self.fork()
+
+    def test_fork_with_wrong_descriptors_is_an_error(self):
+        self.start_preloader(SMART_APP)
+        self.ctl.sendall(frame(FORK, 4))  # no descriptors
+        ftype, rid, payload = self.read_ctl()
+        self.assertEqual((ftype, rid), (ERROR, 4))
+        self.assertIn('without file descriptors', parse_error(payload)[1])
+        r, w = os.pipe()
+        rid = self.send_fork([w, w])  # two, not three
+        ftype, frid, payload = self.read_ctl()
+        self.assertEqual((ftype, frid), (ERROR, rid))
+        self.assertIn('2 file descriptors', parse_error(payload)[1])
+        rid = self.send_fork([r, w, w])  # the first one is not a socket
+        ftype, frid, payload = self.read_ctl()
+        self.assertEqual((ftype, frid), (ERROR, rid))
+        self.assertIn('not a socket', parse_error(payload)[1])
+        os.close(w)
+        self.assertEqual(os.read(r, 10), b'', 'the preloader kept a copy of the pipe')
+        os.close(r)
+        w = self.fork()  # still in service
+        self.assertEqual(self.get(w)[0]['loads'], 1)
+
+    def test_closing_the_control_socket_ends_the_preloader(self):
+        self.start_preloader(SMART_APP)
+        w = self.fork()
+        self.ctl.close()
+        self.ctl = None
+        self.assertEqual(self.wait_exit(), 0)
+        # the worker keeps running and serving
+        info, _ = self.get(w)
+        self.assertEqual(info['pid'], w.pid)
+        # the preloader is no worker: no stopping_worker_process there
+        self.assertFalse(os.path.exists(self.path('stopped-%d' % self.proc.pid)))
+
+    def test_sigterm_ends_the_preloader(self):
+        self.start_preloader(SMART_APP)
+        w = self.fork()
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.wait_exit(), 0)
+        self.assertEqual(self.get(w)[0]['pid'], w.pid)
+
+    def test_exited_workers_are_reaped(self):
+        self.start_preloader(SMART_APP)
+        a = self.fork()
+        b = self.fork()
+        self.get(a)
+        os.kill(a.pid, signal.SIGTERM)
+        os.kill(b.pid, signal.SIGKILL)
+        for w in (a, b):
+            self.assertTrue(self.wait_gone(w.pid), 'worker %d left a zombie (state %s)'
+                            % (w.pid, self.state(w.pid)))
+        # the worker stopped cleanly: stopping_worker_process ran in it
+        self.assertEqual(self.wait_file('stopped-%d' % a.pid), 'stopped')
+        self.assertIsNone(self.proc.poll())
+        self.fork()
+
+    def test_failing_start_handler_in_a_worker(self):
+        self.start_preloader(SMART_APP)
+        open(self.path('fail-start'), 'w').close()
+        w = self.fork(ready=False)
+        name, rid, fields = vec_decode(w.ready)
+        self.assertEqual(name, 'SPAWN_ERROR')
+        self.assertEqual(fields['summary'], b'RuntimeError: no database in the worker')
+        self.assertTrue(self.wait_gone(w.pid))
+        self.assertIn('no database in the worker', self.output(w, b'no database'))
+        os.unlink(self.path('fail-start'))
+        w = self.fork()
+        self.assertEqual(self.get(w)[0]['started'], [True])
+
+    def test_spawn_error_in_the_preloader(self):
+        data = self.start_preloader('import no_such_module_xyz\n', ready=False)
+        self.assertEqual(self.wait_exit(), 1)
+        name, rid, fields = vec_decode(data)
+        self.assertEqual(name, 'SPAWN_ERROR')
+        self.assertEqual(fields['summary'],
+                         b"ModuleNotFoundError: No module named 'no_such_module_xyz'")
+
+    def test_a_listening_socket_on_fd_3_is_refused(self):
+        self.write_app(HELLO_APP)
+        data = self.start(env={'PASSENGER_SPAWN_METHOD': 'smart'})
+        self.assertEqual(self.wait_exit(), 1)
+        name, rid, fields = vec_decode(data)
+        self.assertEqual(name, 'SPAWN_ERROR')
+        self.assertIn(b'listening socket', fields['summary'])
+
+
 class TestVectors(unittest.TestCase):
 
     def load(self):
@@ -1365,7 +1891,7 @@ class TestVectors(unittest.TestCase):
     def test_loader_codec_matches_vectors(self):
         doc = self.load()
         L = load_loader_module()
-        received = (REQUEST, BODY, END, MORE, PING, PONG, ERROR, READ_BODY)
+        received = (REQUEST, BODY, END, MORE, PING, PONG, ERROR, READ_BODY, OOB_WORK, FORK)
         for vec in doc['vectors']:
             data = bytes.fromhex(vec['hex'])
             ftype = T[vec['type']]
@@ -1410,7 +1936,9 @@ class TestVectors(unittest.TestCase):
                                  data, vec['name'])
             elif ftype == ERROR:
                 self.assertEqual(L.encode_error(vec['code'], vec['message'], rid), data)
-            elif ftype in (BODY, END, PONG, READ_BODY):
+            elif ftype == FORKED:
+                self.assertEqual(L.encode_frame(L.FORKED, rid, L.U32.pack(vec['pid'])), data)
+            elif ftype in (BODY, END, PONG, READ_BODY, OOB_DONE):
                 self.assertEqual(L.encode_frame(ftype, rid, parsed[2]), data)
         for vec in doc['invalid']:
             data = bytes.fromhex(vec['hex'])

@@ -25,6 +25,7 @@ work.
 
 import array
 import errno
+import fcntl
 import gc
 import io
 import importlib.machinery
@@ -1293,29 +1294,12 @@ def _on_signal(signum, frame):
         raise SystemExit(0)
 
 
-def main():
-    _setup_stdio()
-    parent_pid = os.getppid()
-    app_root = os.environ.get('PASSENGER_APP_ROOT') or os.getcwd()
-    startup_file = os.environ.get('PASSENGER_STARTUP_FILE') or 'passenger_wsgi.py'
-    passenger = make_passenger_module(app_root)
-    try:
-        # fd 3 and fd 4 belong to this process: the app's children must not inherit them.
-        os.set_inheritable(4, False)
-        os.set_inheritable(3, False)
-        listener = socket.socket(fileno=3)
-        if listener.type != socket.SOCK_STREAM:
-            raise OSError('fd 3 is not a stream socket')
-        if os.getcwd() != app_root:
-            try:
-                os.chdir(app_root)
-            except OSError:
-                pass
-        app = load_application(app_root, startup_file)
-        passenger._call_event('starting_worker_process', False)
-    except BaseException as exc:
-        report_spawn_error(exc)
-        return 1
+def run_worker(listener, app, passenger, parent_pid, agent_pid=0):
+    """Report READY on fd 4, serve on ``listener`` until told to stop.
+
+    The stopping_worker_process handlers run at the end; returns the exit
+    status. Used by a direct loader and by a worker forked by the preloader.
+    """
     code = 0
     try:
         signal.signal(signal.SIGTERM, _on_signal)
@@ -1326,9 +1310,9 @@ def main():
         except OSError as e:
             log('could not report readiness on fd 4: %s; exiting' % (e,))
             return 1
-        code = serve(listener, app, parent_pid)
+        code = serve(listener, app, parent_pid, agent_pid)
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = _exit_code(e)
     finally:
         # From here on a second SIGTERM must not cut the shutdown handlers short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -1342,6 +1326,365 @@ def main():
         except Exception as exc:
             log_exception('a stopping_worker_process handler failed', exc)
     return code
+
+
+def _exit_code(exc):
+    """The exit status a SystemExit stands for."""
+    if isinstance(exc.code, int):
+        return exc.code
+    return 0 if exc.code is None else 1
+
+
+def _listening_socket():
+    listener = socket.socket(fileno=3)
+    if listener.type != socket.SOCK_STREAM:
+        raise OSError('fd 3 is not a stream socket')
+    return listener
+
+
+def _enter_app_root(app_root):
+    if os.getcwd() != app_root:
+        try:
+            os.chdir(app_root)
+        except OSError:
+            pass
+
+
+def main():
+    _setup_stdio()
+    if os.environ.get('PASSENGER_SPAWN_METHOD') == 'smart':
+        return preloader_main()
+    parent_pid = os.getppid()
+    app_root = os.environ.get('PASSENGER_APP_ROOT') or os.getcwd()
+    startup_file = os.environ.get('PASSENGER_STARTUP_FILE') or 'passenger_wsgi.py'
+    passenger = make_passenger_module(app_root)
+    try:
+        # fd 3 and fd 4 belong to this process: the app's children must not inherit them.
+        os.set_inheritable(4, False)
+        os.set_inheritable(3, False)
+        listener = _listening_socket()
+        _enter_app_root(app_root)
+        app = load_application(app_root, startup_file)
+        passenger._call_event('starting_worker_process', False)
+    except BaseException as exc:
+        report_spawn_error(exc)
+        return 1
+    return run_worker(listener, app, passenger, parent_pid)
+
+
+# ---------------------------------------------------------------------------
+# Smart spawning: the preloader
+# ---------------------------------------------------------------------------
+
+FORK_FDS = 3  # listening socket, readiness pipe, output pipe
+MAX_RECV_FDS = 16
+ERROR_FORK = 500  # ERROR code: the fork failed
+MSG_CTRUNC = getattr(socket, 'MSG_CTRUNC', 8)
+MSG_CMSG_CLOEXEC = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
+
+
+def _close_fds(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class ControlChannel(object):
+    """The preloader's end of the control socket (fd 3).
+
+    Every read is a recvmsg, so descriptors sent with SCM_RIGHTS are never
+    lost: each read that brings some adds one group to ``fd_groups``, and
+    each FORK takes the oldest group. The agent sends descriptors only with
+    FORK, one sendmsg per FORK, so groups and FORKs pair up in order.
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+        self.fd_groups = []  # [(fds, truncated)]
+
+    def _recv(self):
+        if hasattr(socket, 'recv_fds'):  # Python 3.9+
+            data, fds, flags, _ = socket.recv_fds(self.sock, 65536, MAX_RECV_FDS,
+                                                  MSG_CMSG_CLOEXEC)
+        else:
+            data, ancdata, flags, _ = self.sock.recvmsg(
+                65536, socket.CMSG_SPACE(MAX_RECV_FDS * 4), MSG_CMSG_CLOEXEC)
+            fds = []
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    a = array.array('i')
+                    a.frombytes(cdata[:len(cdata) - len(cdata) % a.itemsize])
+                    fds.extend(a)
+        fds = list(fds)
+        for fd in fds:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+        if fds or flags & MSG_CTRUNC:
+            self.fd_groups.append((fds, bool(flags & MSG_CTRUNC)))
+        return data
+
+    def read_frame(self):
+        """(type, request id, payload); EOFError on a clean EOF."""
+        while True:
+            buf = self.buf
+            if len(buf) >= HEADER_LEN:
+                ftype, request_id, length = check_header(buf)
+                total = HEADER_LEN + length
+                if len(buf) >= total:
+                    payload = bytes(buf[HEADER_LEN:total])
+                    del buf[:total]
+                    return ftype, request_id, payload
+            data = self._recv()
+            if not data:
+                if buf:
+                    raise ProtocolError('connection closed in the middle of a frame', kind='eof')
+                raise EOFError
+            buf += data
+
+    def take_fork_fds(self):
+        """The descriptors of one FORK -> (fds, None) or (None, why not)."""
+        if not self.fd_groups:
+            return None, 'FORK without file descriptors'
+        fds, truncated = self.fd_groups.pop(0)
+        if truncated or len(fds) != FORK_FDS:
+            _close_fds(fds)
+            return None, 'FORK with %s%d file descriptors (it takes %d)' % (
+                'more than ' if truncated else '', len(fds), FORK_FDS)
+        return fds, None
+
+    def close_spare_fds(self):
+        for fds, _ in self.fd_groups:
+            _close_fds(fds)
+        self.fd_groups = []
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+
+class BecomeWorker(Exception):
+    """Raised in a freshly forked worker to leave the preloader's loop."""
+
+
+def _reap_children(signum=None, frame=None):
+    """SIGCHLD in the preloader: collect every exited worker (no zombies)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+
+
+def _on_preloader_signal(signum, frame):
+    raise SystemExit(0)
+
+
+def _rewrap_stdio():
+    """New line-buffered sys.stdout and sys.stderr on fds 1 and 2 (the worker's pipe)."""
+    for fd, name in ((1, 'stdout'), (2, 'stderr')):
+        old = getattr(sys, name, None)
+        encoding = getattr(old, 'encoding', None) or 'utf-8'
+        try:
+            new = io.open(fd, 'w', buffering=1, encoding=encoding, errors='backslashreplace',
+                          closefd=False)
+        except (OSError, ValueError, LookupError):
+            continue
+        setattr(sys, name, new)
+
+
+def _become_worker(chan, fds):
+    """In the child of a fork: take the worker's descriptors and reset the state.
+
+    The received descriptors are first moved above 10 (one of them may be
+    4, the preloader's closed readiness fd), then put on 3 (replacing the
+    control socket, which is thereby closed), 4, and 1 + 2.
+    """
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    chan.sock.detach()  # fd 3 is taken over below: the socket object must not close it
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
+    _close_fds(fds)
+    chan.close_spare_fds()
+    listen_fd, ready_fd, output_fd = moved
+    os.dup2(listen_fd, 3, inheritable=False)
+    os.dup2(ready_fd, 4, inheritable=False)
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    _close_fds(moved)
+    _rewrap_stdio()
+    gc.enable()
+    if 'random' in sys.modules:
+        sys.modules['random'].seed()  # workers must not share a random sequence
+    State.busy = State.stop = False
+    State.responder = None
+
+
+def fork_worker(chan, request_id):
+    """FORK: fork a worker on the descriptors that came with it.
+
+    The preloader answers FORKED (the worker's pid) or ERROR and returns
+    None; in the worker this raises BecomeWorker (never returns).
+    """
+    fds, problem = chan.take_fork_fds()
+    if problem is None:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fds[0]).st_mode):
+                problem = 'the first descriptor of FORK is not a socket'
+        except OSError as e:
+            problem = 'the first descriptor of FORK is unusable: %s' % (e,)
+        if problem is not None:
+            _close_fds(fds)
+    if problem is not None:
+        log('refusing a FORK: %s' % problem)
+        chan.send(encode_error(ERROR_PROTOCOL, problem, request_id))
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if hasattr(gc, 'freeze'):
+        gc.freeze()  # the loaded app's objects: never touched by the workers' GC
+    try:
+        pid = os.fork()
+    except OSError as e:
+        _close_fds(fds)
+        log('fork() failed: %s' % (e,))
+        chan.send(encode_error(ERROR_FORK, 'fork() failed: %s' % (e,), request_id))
+        return
+    if pid == 0:
+        try:
+            _become_worker(chan, fds)
+        except SystemExit as e:
+            os._exit(_exit_code(e))
+        except BaseException as exc:
+            log_exception('a forked worker could not take over its descriptors', exc)
+            os._exit(1)
+        raise BecomeWorker()
+    _close_fds(fds)
+    chan.send(encode_frame(FORKED, request_id, _pack_u32(pid)))
+
+
+def preloader_loop(chan, agent_pid):
+    """Serve the control channel; the preloader's exit status.
+
+    Raises BecomeWorker in a forked worker.
+    """
+    poller = select.poll()
+    poller.register(chan.sock.fileno(), select.POLLIN)
+    while True:
+        if not chan.buf:
+            if not poller.poll(LISTEN_POLL_MS):
+                _reap_children()
+                if agent_pid > 1 and os.getppid() != agent_pid:
+                    log('the agent (pid %d) is gone; the preloader exits' % agent_pid)
+                    return 0
+                continue
+        try:
+            ftype, rid, payload = chan.read_frame()
+        except EOFError:
+            return 0
+        except ProtocolError as e:
+            log('protocol error on the control channel, the preloader exits: %s' % (e,))
+            if e.kind != 'eof':
+                try:
+                    chan.send(encode_error(e.code, str(e), e.request_id))
+                except OSError:
+                    pass
+            return 1
+        if ftype == FORK:
+            fork_worker(chan, rid)
+        elif ftype == PING:
+            chan.send(encode_frame(PONG, rid))
+        elif ftype == ERROR:
+            log('the agent sent %s' % _describe_error(payload))
+        else:
+            log('unexpected %s on the control channel' % TYPE_NAMES[ftype])
+            chan.send(encode_error(ERROR_PROTOCOL, 'unexpected message type %s on the control '
+                                   'channel' % TYPE_NAMES[ftype], rid))
+
+
+def preloader_main():
+    """PASSENGER_SPAWN_METHOD=smart: load the app once, fork workers on demand."""
+    agent_pid = os.getppid()
+    app_root = os.environ.get('PASSENGER_APP_ROOT') or os.getcwd()
+    startup_file = os.environ.get('PASSENGER_STARTUP_FILE') or 'passenger_wsgi.py'
+    passenger = make_passenger_module(app_root)
+    passenger.spawn_method = 'smart'
+    try:
+        os.set_inheritable(4, False)
+        os.set_inheritable(3, False)
+        control = socket.socket(fileno=3)
+        if control.family != socket.AF_UNIX or control.type != socket.SOCK_STREAM:
+            raise OSError('fd 3 is not a Unix stream socket')
+        if control.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise OSError('fd 3 is a listening socket, not a connected control socket '
+                          '(PASSENGER_SPAWN_METHOD=smart)')
+        _enter_app_root(app_root)
+        app = load_application(app_root, startup_file)
+    except BaseException as exc:
+        report_spawn_error(exc)
+        return 1
+    chan = ControlChannel(control)
+    preloader_pid = os.getpid()
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, _on_preloader_signal)
+        signal.signal(signal.SIGINT, _on_preloader_signal)
+        signal.signal(signal.SIGCHLD, _reap_children)
+        # No collections in the preloader from here on: they would write to
+        # (and so unshare) the pages of the objects the workers inherit.
+        gc.disable()
+        try:
+            write_readiness(encode_frame(READY, 0, _pack_u32(1)))
+            os.close(4)
+        except OSError as e:
+            log('could not report readiness on fd 4: %s; exiting' % (e,))
+            code = 1
+        else:
+            code = preloader_loop(chan, agent_pid)
+    except BecomeWorker:
+        return _forked_worker_main(app, passenger, preloader_pid, agent_pid)
+    except SystemExit as e:
+        code = _exit_code(e)
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ECONNRESET):
+            log('control channel error, the preloader exits: %s' % (e,))
+        code = 1
+    # The loaded state belongs to the workers: no atexit handlers or
+    # finalizers (a module-level TemporaryDirectory, ...) may run here.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _forked_worker_main(app, passenger, preloader_pid, agent_pid):
+    """A worker just forked by the preloader: start up like a direct loader.
+
+    It watches the preloader as its parent and, once the preloader is gone
+    (workers outlive it), the agent.
+    """
+    try:
+        listener = _listening_socket()
+        passenger._call_event('starting_worker_process', True)
+    except BaseException as exc:
+        report_spawn_error(exc)
+        return 1
+    return run_worker(listener, app, passenger, preloader_pid, agent_pid)
 
 
 if __name__ == '__main__':
