@@ -67,14 +67,16 @@ fn a_spawn_failure_is_a_500_with_the_reason() {
     let app = TempDir::new("broken");
     app.write("passenger_wsgi.py", "raise RuntimeError('cannot load')\n");
     let mut conn = agent.connect(Role::Worker);
-    conn.send(1, &Message::Request(request_to(&app.0, "/")))
-        .unwrap();
-    let (status, message) = read_response(&mut conn);
+    let mut head = request_to(&app.0, "/");
+    head.options
+        .push((b"PassengerFriendlyErrorPages".to_vec(), b"on".to_vec()));
+    conn.send(1, &Message::Request(head)).unwrap();
+    let (status, page) = read_response(&mut conn);
     assert_eq!(status, 500);
+    let page = String::from_utf8_lossy(&page);
     assert!(
-        String::from_utf8_lossy(&message).contains("cannot load"),
-        "{}",
-        String::from_utf8_lossy(&message)
+        page.contains("cannot load") && page.contains("loading the application"),
+        "{page}"
     );
 }
 

@@ -844,7 +844,7 @@ mod tests {
     fn a_full_queue_is_refused() {
         let (pool, _) = pool(1);
         let held = pool
-            .checkout(options("/app", &[("PassengerMaxRequestQueueSize", "1")]))
+            .checkout(&options("/app", &[("PassengerMaxRequestQueueSize", "1")]))
             .unwrap();
         let queued = {
             let pool = Arc::clone(&pool);
@@ -950,7 +950,7 @@ mod tests {
         let (pool, _) = pool(2);
         let old = pool.checkout(&options("/app", &[])).unwrap().pid();
         let new = pool
-            .checkout(options("/app", &[("PassengerStartupFile", "other.py")]))
+            .checkout(&options("/app", &[("PassengerStartupFile", "other.py")]))
             .unwrap()
             .pid();
         assert_ne!(old, new);
