@@ -5,5 +5,6 @@ mod directives;
 mod errors;
 mod harness;
 mod restart;
+mod smart;
 mod users;
 mod wsgi;

@@ -1,9 +1,8 @@
 //! The agent's threads around the sessions: the acceptor, signals, the
 //! Apache-parent watch and the idle collector.
-#![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -61,18 +60,10 @@ pub fn spawn_signal_thread(set: SigSet, stop: Sender<&'static str>) -> Result<()
 
 /// Reports when the Apache parent `pid` exits (through a pidfd).
 pub fn spawn_parent_watch(pid: i32, stop: Sender<&'static str>) -> Result<(), String> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; it touches no memory of ours.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
+    let pidfd = crate::spawn::pidfd::open(pid).map_err(|e| {
         let _ = stop.send("the Apache parent is gone");
-        return Err(format!(
-            "cannot watch the Apache parent {pid}: {}",
-            io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: the syscall returned a new descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        format!("cannot watch the Apache parent {pid}: {e}")
+    })?;
     spawn("apache-watch", move || {
         loop {
             let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];

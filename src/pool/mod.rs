@@ -160,6 +160,8 @@ struct Deferred {
     deliveries: Vec<(Waiter, Result<Lease, CheckoutError>)>,
     spawns: Vec<(String, Arc<AppOptions>, u64)>,
     stops: Vec<(Arc<ProcessHandle>, PathBuf)>,
+    /// Groups that restarted: the spawner drops their preloaders.
+    forgets: Vec<String>,
 }
 
 /// The pool.
@@ -295,6 +297,7 @@ impl Pool {
                 group.options = Arc::new(options.clone());
                 group.generation += 1;
                 detach_all(group, &mut deferred);
+                deferred.forgets.push(name.clone());
             }
             if let Some(lease) = self.assign(group, &name) {
                 return Ok(lease);
@@ -459,6 +462,9 @@ impl Pool {
             // A waiter that gave up has dropped its receiver; the lease
             // inside the error is dropped here, which checks it back in.
             let _ = waiter.send(result);
+        }
+        for group in deferred.forgets {
+            self.spawner.forget(&group);
         }
         for (handle, socket) in deferred.stops {
             handle.terminate(STOP_GRACE);
@@ -644,6 +650,7 @@ impl Pool {
                 .retain(|_, g| !g.processes.is_empty() || g.spawning || !g.waiters.is_empty());
         }
         self.run(deferred);
+        self.spawner.collect_idle();
     }
 
     /// Stops every process and refuses further checkouts. Returns when all
@@ -661,6 +668,7 @@ impl Pool {
                 })
                 .collect()
         };
+        self.spawner.shutdown();
         for (handle, _) in &handles {
             handle.signal(nix::sys::signal::Signal::SIGTERM);
         }

@@ -22,13 +22,14 @@
 pub mod dummy;
 mod exec;
 pub mod identity;
+pub mod pidfd;
 pub mod process;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +38,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use parking_lot::Mutex;
 
-use crate::config::{AppOptions, AppType};
-use crate::protocol::{Message, parse_frame};
+use crate::config::{AppOptions, AppType, SpawnMethod};
+use crate::protocol::{Connection, Message, parse_frame};
 pub use identity::{Identity, resolve_identity};
 pub use process::ProcessHandle;
 
@@ -127,6 +128,15 @@ pub struct Spawned {
 pub trait Spawner: Send + Sync {
     /// Starts one process of the app described by `options`.
     fn spawn(&self, options: &AppOptions) -> Result<Spawned, Box<Error>>;
+
+    /// The app `group` restarts: drop what was kept for it (a preloader).
+    fn forget(&self, _group: &str) {}
+
+    /// Stops what has been idle too long (preloaders).
+    fn collect_idle(&self) {}
+
+    /// Stops everything kept (at agent shutdown).
+    fn shutdown(&self) {}
 }
 
 /// Identity rules that come from the server configuration.
@@ -148,6 +158,8 @@ pub struct LoaderSpawner {
     next_id: AtomicU64,
     /// Apps whose fall-back to the default user was logged already.
     fallbacks_logged: Mutex<std::collections::HashSet<String>>,
+    /// Preloaders by app group (smart spawning).
+    preloaders: Mutex<std::collections::HashMap<String, Arc<Preloader>>>,
 }
 
 /// How many lines of a process's output are kept for error reports.
@@ -165,6 +177,7 @@ impl LoaderSpawner {
             policy: Mutex::new(policy),
             next_id: AtomicU64::new(1),
             fallbacks_logged: Mutex::new(std::collections::HashSet::new()),
+            preloaders: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -174,25 +187,64 @@ impl LoaderSpawner {
     }
 }
 
+/// One spawn in progress: what failures are reported with.
+struct Attempt<'a> {
+    options: &'a AppOptions,
+    ident: Option<Identity>,
+    started: Instant,
+}
+
+impl Attempt<'_> {
+    fn error(&self, step: Step, summary: String) -> Box<Error> {
+        Box::new(Error {
+            step,
+            summary,
+            details: String::new(),
+            output: String::new(),
+            user: self
+                .ident
+                .as_ref()
+                .map_or_else(|| "?".into(), |i| i.user.name.clone()),
+            group: self
+                .ident
+                .as_ref()
+                .map_or_else(|| "?".into(), |i| i.group.name.clone()),
+            app_root: self.options.app_root.clone(),
+            elapsed: self.started.elapsed(),
+            id: String::new(),
+        })
+    }
+
+    fn ident(&self) -> &Identity {
+        self.ident.as_ref().expect("resolved before use")
+    }
+}
+
+/// A preloader: the app loaded once, forking workers on request.
+struct Preloader {
+    handle: Arc<ProcessHandle>,
+    /// The control channel (FORK → FORKED); one spawn at a time.
+    control: Mutex<Connection<UnixStream>>,
+    last_used: Mutex<Instant>,
+    idle_limit: Duration,
+}
+
+impl Preloader {
+    fn stop(&self) {
+        self.handle.terminate(Duration::from_secs(10));
+    }
+}
+
 impl Spawner for LoaderSpawner {
     fn spawn(&self, options: &AppOptions) -> Result<Spawned, Box<Error>> {
-        let started = Instant::now();
-        let error = |step: Step, summary: String, ident: Option<&Identity>| {
-            Box::new(Error {
-                step,
-                summary,
-                details: String::new(),
-                output: String::new(),
-                user: ident.map_or_else(|| "?".into(), |i| i.user.name.clone()),
-                group: ident.map_or_else(|| "?".into(), |i| i.group.name.clone()),
-                app_root: options.app_root.clone(),
-                elapsed: started.elapsed(),
-                id: String::new(),
-            })
+        let mut attempt = Attempt {
+            options,
+            ident: None,
+            started: Instant::now(),
         };
         let policy = self.policy.lock().clone();
         let ident =
-            resolve_identity(options, &policy).map_err(|e| error(Step::Prepare, e, None))?;
+            resolve_identity(options, &policy).map_err(|e| attempt.error(Step::Prepare, e))?;
         if let Some(reason) = &ident.fallback
             && self
                 .fallbacks_logged
@@ -207,67 +259,302 @@ impl Spawner for LoaderSpawner {
                 ident.group.name
             );
         }
-        identity::check_access(options, &ident)
-            .map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
+        attempt.ident = Some(ident);
+        identity::check_access(options, attempt.ident())
+            .map_err(|e| attempt.error(Step::Prepare, e))?;
         let (program, args) = self
             .command_line(options)
-            .map_err(|e| error(Step::Prepare, e, Some(&ident)))?;
+            .map_err(|e| attempt.error(Step::Prepare, e))?;
+        let smart = options.spawn_method == SpawnMethod::Smart
+            && matches!(options.app_type, AppType::Rack | AppType::Wsgi);
+        if !smart {
+            return self.spawn_direct(&attempt, program, args);
+        }
+        // A preloader that died since its last fork is replaced once.
+        for _ in 0..2 {
+            let preloader = self.preloader(&attempt, &program, &args)?;
+            match self.fork_from(&attempt, &preloader) {
+                Ok(spawned) => return Ok(spawned),
+                Err(e) if preloader.handle.has_exited() => {
+                    log::warn!(target: "MP0306", "the preloader of {} is gone ({}); starting a new one", options.app_group_name, e.summary);
+                    self.preloaders.lock().remove(&options.app_group_name);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(attempt.error(Step::Exec, "the preloader keeps failing".into()))
+    }
+
+    fn forget(&self, group: &str) {
+        if let Some(preloader) = self.preloaders.lock().remove(group) {
+            preloader.stop();
+        }
+    }
+
+    fn collect_idle(&self) {
+        let mut preloaders = self.preloaders.lock();
+        preloaders.retain(|group, p| {
+            let idle = p.last_used.lock().elapsed();
+            let keep = !p.handle.has_exited() && (p.idle_limit.is_zero() || idle < p.idle_limit);
+            if !keep {
+                log::info!(target: "MP0307", "stopping the idle preloader of {group} (PassengerMaxPreloaderIdleTime)");
+                p.stop();
+            }
+            keep
+        });
+    }
+
+    fn shutdown(&self) {
+        for (_, preloader) in self.preloaders.lock().drain() {
+            preloader.stop();
+        }
+    }
+}
+
+impl LoaderSpawner {
+    /// A fresh listening socket for one app process, in the agent's own directory.
+    fn new_socket(&self, attempt: &Attempt) -> Result<(PathBuf, UnixListener), Box<Error>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let socket = self
             .apps_dir
             .join(format!("{}.{id}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(|e| {
-            error(
+            attempt.error(
                 Step::Prepare,
                 format!("cannot create the socket {}: {e}", socket.display()),
-                Some(&ident),
             )
         })?;
-        let env = app_environment(options, &ident);
+        Ok((socket, listener))
+    }
+
+    /// Starts the loader with `fd3` as its fd 3 and waits for READY.
+    fn launch(
+        &self,
+        attempt: &Attempt,
+        program: PathBuf,
+        args: Vec<String>,
+        fd3: std::os::fd::BorrowedFd,
+        extra_env: &[(&str, &str)],
+    ) -> Result<(Arc<ProcessHandle>, u32), Box<Error>> {
+        let options = attempt.options;
+        let mut env = app_environment(options, attempt.ident());
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let plan = exec::Plan {
             program,
             args,
             env,
             cwd: PathBuf::from(&options.app_root),
-            identity: ident.clone(),
+            identity: attempt.ident().clone(),
         };
-        let launched = exec::launch(&plan, listener.as_fd()).map_err(|e| {
-            let _ = std::fs::remove_file(&socket);
-            error(Step::Exec, e, Some(&ident))
-        })?;
-        drop(listener);
-
+        let launched = exec::launch(&plan, fd3).map_err(|e| attempt.error(Step::Exec, e))?;
         let output = Arc::new(Mutex::new(VecDeque::new()));
         let handle = ProcessHandle::watch(launched.pid, launched.output, Arc::clone(&output));
-        match wait_ready(launched.ready, options.start_timeout) {
-            Ok(concurrency) => {
-                log::info!(
-                    target: "MP0301",
-                    "started {} (pid {}) as {}:{} in {} ms",
-                    options.app_group_name,
-                    launched.pid,
-                    ident.user.name,
-                    ident.group.name,
-                    started.elapsed().as_millis()
-                );
-                Ok(Spawned {
-                    handle,
-                    socket,
-                    concurrency,
-                })
-            }
+        self.await_ready(attempt, handle, launched.ready, &output)
+    }
+
+    /// Waits for READY on `ready`; on failure kills the process and returns
+    /// the error with its output.
+    fn await_ready(
+        &self,
+        attempt: &Attempt,
+        handle: Arc<ProcessHandle>,
+        ready: OwnedFd,
+        output: &Mutex<VecDeque<String>>,
+    ) -> Result<(Arc<ProcessHandle>, u32), Box<Error>> {
+        match wait_ready(ready, attempt.options.start_timeout) {
+            Ok(concurrency) => Ok((handle, concurrency)),
             Err((summary, details)) => {
                 handle.kill();
                 handle.wait_exit(Duration::from_secs(2));
-                let _ = std::fs::remove_file(&socket);
-                let mut e = error(Step::Ready, summary, Some(&ident));
+                let mut e = attempt.error(Step::Ready, summary);
                 e.details = details;
                 e.output = output.lock().iter().cloned().collect::<Vec<_>>().join("\n");
                 Err(e)
             }
         }
     }
+
+    fn log_started(attempt: &Attempt, what: &str, pid: i32) {
+        let ident = attempt.ident();
+        log::info!(
+            target: "MP0301",
+            "started {what} {} (pid {pid}) as {}:{} in {} ms",
+            attempt.options.app_group_name,
+            ident.user.name,
+            ident.group.name,
+            attempt.started.elapsed().as_millis()
+        );
+    }
+
+    /// Direct spawning: one loader process per app process.
+    fn spawn_direct(
+        &self,
+        attempt: &Attempt,
+        program: PathBuf,
+        args: Vec<String>,
+    ) -> Result<Spawned, Box<Error>> {
+        let (socket, listener) = self.new_socket(attempt)?;
+        let launched = self.launch(attempt, program, args, listener.as_fd(), &[]);
+        drop(listener);
+        match launched {
+            Ok((handle, concurrency)) => {
+                Self::log_started(attempt, "a process of", handle.pid());
+                Ok(Spawned {
+                    handle,
+                    socket,
+                    concurrency,
+                })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                Err(e)
+            }
+        }
+    }
+
+    /// The running preloader of this app, started if needed.
+    fn preloader(
+        &self,
+        attempt: &Attempt,
+        program: &Path,
+        args: &[String],
+    ) -> Result<Arc<Preloader>, Box<Error>> {
+        let group = &attempt.options.app_group_name;
+        if let Some(p) = self
+            .preloaders
+            .lock()
+            .get(group)
+            .filter(|p| !p.handle.has_exited())
+        {
+            return Ok(Arc::clone(p));
+        }
+        let (ours, theirs) = UnixStream::pair().map_err(|e| {
+            attempt.error(
+                Step::Prepare,
+                format!("cannot create the preloader's channel: {e}"),
+            )
+        })?;
+        let (handle, _) = self.launch(
+            attempt,
+            program.to_path_buf(),
+            args.to_vec(),
+            theirs.as_fd(),
+            &[("PASSENGER_SPAWN_METHOD", "smart")],
+        )?;
+        drop(theirs);
+        Self::log_started(attempt, "the preloader of", handle.pid());
+        let preloader = Arc::new(Preloader {
+            handle,
+            control: Mutex::new(Connection::new(ours)),
+            last_used: Mutex::new(Instant::now()),
+            idle_limit: attempt.options.max_preloader_idle_time,
+        });
+        if let Some(old) = self
+            .preloaders
+            .lock()
+            .insert(group.clone(), Arc::clone(&preloader))
+        {
+            old.stop();
+        }
+        Ok(preloader)
+    }
+
+    /// Asks the preloader to fork a worker, checks the pid it reports, and
+    /// waits for the worker's READY.
+    fn fork_from(&self, attempt: &Attempt, preloader: &Preloader) -> Result<Spawned, Box<Error>> {
+        let (socket, listener) = self.new_socket(attempt)?;
+        let fail = |e: Box<Error>| {
+            let _ = std::fs::remove_file(&socket);
+            e
+        };
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let ((ready_r, ready_w), (out_r, out_w)) = pipe()
+            .and_then(|a| pipe().map(|b| (a, b)))
+            .map_err(|e| fail(attempt.error(Step::Prepare, format!("cannot create pipes: {e}"))))?;
+        let pid = {
+            let mut control = preloader.control.lock();
+            *preloader.last_used.lock() = Instant::now();
+            let mut frame = Vec::new();
+            Message::Fork.encode(0, &mut frame);
+            let fds = [listener.as_raw_fd(), ready_w.as_raw_fd(), out_w.as_raw_fd()];
+            let sent = nix::sys::socket::sendmsg::<nix::sys::socket::UnixAddr>(
+                control.get_ref().as_raw_fd(),
+                &[std::io::IoSlice::new(&frame)],
+                &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            );
+            drop((listener, ready_w, out_w));
+            sent.map_err(|e| {
+                fail(attempt.error(Step::Exec, format!("cannot reach the preloader: {e}")))
+            })?;
+            let _ = control
+                .get_ref()
+                .set_read_timeout(Some(attempt.options.start_timeout));
+            match control.read_frame() {
+                Ok(Some((_, Message::Forked { pid }))) => pid as i32,
+                Ok(Some((_, Message::Error { message, .. }))) => {
+                    return Err(fail(attempt.error(
+                        Step::Exec,
+                        format!("the preloader could not fork: {message}"),
+                    )));
+                }
+                other => {
+                    return Err(fail(attempt.error(
+                        Step::Exec,
+                        format!("the preloader did not answer FORK: {other:?}"),
+                    )));
+                }
+            }
+        };
+        let pidfd = verify_worker(
+            pid,
+            preloader.handle.pid(),
+            attempt.ident().user.uid.as_raw(),
+        )
+        .map_err(|e| fail(attempt.error(Step::Exec, e)))?;
+        let output = Arc::new(Mutex::new(VecDeque::new()));
+        let handle = ProcessHandle::watch_foreign(pid, pidfd, out_r, Arc::clone(&output));
+        let (handle, concurrency) = self
+            .await_ready(attempt, handle, ready_r, &output)
+            .map_err(fail)?;
+        Self::log_started(attempt, "a forked process of", pid);
+        Ok(Spawned {
+            handle,
+            socket,
+            concurrency,
+        })
+    }
+}
+
+/// Opens a pidfd for a worker a preloader says it forked, and checks that
+/// the process really is the preloader's child running as the app's user.
+/// The pid is never used otherwise.
+fn verify_worker(pid: i32, preloader: i32, uid: u32) -> Result<OwnedFd, String> {
+    let pidfd = pidfd::open(pid)
+        .map_err(|e| format!("the preloader reported pid {pid}, which cannot be opened: {e}"))?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let ppid = field("PPid:").and_then(|v| v.parse::<i32>().ok());
+    let real_uid = field("Uid:").and_then(|v| v.parse::<u32>().ok());
+    if ppid != Some(preloader) || real_uid != Some(uid) {
+        return Err(format!(
+            "the preloader reported pid {pid}, which is not its child running as uid {uid} (parent {ppid:?}, uid {real_uid:?})"
+        ));
+    }
+    Ok(pidfd)
 }
 
 impl LoaderSpawner {

@@ -1,17 +1,19 @@
 //! A running app process: its pid, its output, its exit.
 //!
 //! A watcher thread per process relays the process's output to the log
-//! (keeping the last lines for error reports), waits for it to exit and
-//! reaps it. Signals are only ever sent to a pid that has not been reaped
-//! yet: until then the pid is ours (a zombie keeps it reserved), so it can
-//! never be a recycled pid belonging to someone else.
+//! (keeping the last lines for error reports), waits for it to exit and,
+//! when the agent forked it, reaps it. Signals can never reach a recycled
+//! pid: for our own children they are only sent before the reap (a zombie
+//! keeps the pid reserved); a worker forked by a preloader is known only
+//! through a pidfd, which names that one process for good.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
 use nix::unistd::Pid;
@@ -25,9 +27,11 @@ struct State {
     on_exit: Option<Box<dyn FnOnce() + Send>>,
 }
 
-/// A handle on an app process we forked.
+/// A handle on an app process.
 pub struct ProcessHandle {
     pid: i32,
+    /// Set for a process that is not our child (forked by a preloader).
+    pidfd: Option<OwnedFd>,
     state: Mutex<State>,
     exited: Condvar,
 }
@@ -46,8 +50,30 @@ impl ProcessHandle {
         output: OwnedFd,
         kept: Arc<Mutex<VecDeque<String>>>,
     ) -> Arc<ProcessHandle> {
+        Self::start(pid, None, output, kept)
+    }
+
+    /// Starts watching a process forked by someone else (a preloader),
+    /// through its pidfd: the output is relayed the same way; the exit is
+    /// seen on the pidfd; the process's parent reaps it.
+    pub fn watch_foreign(
+        pid: i32,
+        pidfd: OwnedFd,
+        output: OwnedFd,
+        kept: Arc<Mutex<VecDeque<String>>>,
+    ) -> Arc<ProcessHandle> {
+        Self::start(pid, Some(pidfd), output, kept)
+    }
+
+    fn start(
+        pid: i32,
+        pidfd: Option<OwnedFd>,
+        output: OwnedFd,
+        kept: Arc<Mutex<VecDeque<String>>>,
+    ) -> Arc<ProcessHandle> {
         let handle = Arc::new(ProcessHandle {
             pid,
+            pidfd,
             state: Mutex::new(State {
                 reaped: false,
                 on_exit: None,
@@ -91,8 +117,14 @@ impl ProcessHandle {
     /// Sends `signal` if the process is still ours. Returns whether it was sent.
     pub fn signal(&self, signal: Signal) -> bool {
         let state = self.state.lock();
-        // The lock keeps the watcher from reaping between the check and the kill.
-        !state.reaped && kill(Pid::from_raw(self.pid), signal).is_ok()
+        if state.reaped {
+            return false;
+        }
+        match &self.pidfd {
+            Some(pidfd) => super::pidfd::send_signal(pidfd, signal).is_ok(),
+            // The lock keeps the watcher from reaping between the check and the kill.
+            None => kill(Pid::from_raw(self.pid), signal).is_ok(),
+        }
     }
 
     /// SIGKILL.
@@ -124,16 +156,36 @@ impl ProcessHandle {
         state.reaped
     }
 
-    /// Waits for the exit without reaping, then reaps under the lock.
+    /// Waits for the exit without reaping, then reaps under the lock (our
+    /// own child), or waits for the pidfd to report the exit (a foreign one).
     fn reap(&self) {
+        if let Some(pidfd) = &self.pidfd {
+            loop {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => break,
+                }
+            }
+            self.finish(None);
+            return;
+        }
         let pid = Pid::from_raw(self.pid);
         while let Err(nix::errno::Errno::EINTR) =
             waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
         {}
+        self.finish(Some(pid));
+    }
+
+    /// Marks the process as gone (reaping `child` under the lock) and runs
+    /// the exit callback.
+    fn finish(&self, child: Option<Pid>) {
         let on_exit = {
             let mut state = self.state.lock();
-            let status = waitpid(pid, None);
-            log::debug!(target: "MP0305", "process {} exited: {status:?}", self.pid);
+            if let Some(pid) = child {
+                let status = waitpid(pid, None);
+                log::debug!(target: "MP0305", "process {} exited: {status:?}", self.pid);
+            }
             state.reaped = true;
             self.exited.notify_all();
             state.on_exit.take()

@@ -9,6 +9,10 @@ from wsgiref.validate import validator
 
 warnings.simplefilter('error')
 
+# How many times this file was loaded in this process's lineage: with smart
+# spawning it is loaded once by the preloader, and forked workers share it.
+LOADS = [os.getpid()]
+
 ENV_KEYS = [
     'REQUEST_METHOD', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'SERVER_NAME',
     'SERVER_PORT', 'SERVER_PROTOCOL', 'REMOTE_ADDR', 'CONTENT_TYPE', 'CONTENT_LENGTH',
@@ -38,6 +42,8 @@ def app(environ, start_response):
         data['os_env'] = {k: os.environ.get(k) for k in ('PASSENGER_APP_ENV', 'WSGI_ENV', 'HOME', 'USER')}
         data['uid'] = os.getuid()
         data['pid'] = os.getpid()
+        data['ppid'] = os.getppid()
+        data['loaded_by'] = LOADS[0]
         body = json.dumps(data).encode()
         start_response('200 OK', [('Content-Type', 'application/json')])
         return [body]
