@@ -8,7 +8,7 @@ APXS ?= apxs
 LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR 2>/dev/null)
 PREFIX ?= /usr/lib/mod_passenger
 
-.PHONY: help build module test serve stop install fmt lint
+.PHONY: help build module test serve stop install fmt lint bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,3 +46,6 @@ fmt: ## format the Rust code
 lint: ## formatting and clippy checks
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+bench: ## benchmark against Passenger, mod_wsgi and static files (SOAK=1: the soak run; BENCH_QUICK=1: short)
+	bench/run.sh
