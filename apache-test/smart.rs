@@ -88,3 +88,45 @@ fn children_of(parent: i64) -> Vec<i64> {
         })
         .collect()
 }
+
+#[test]
+fn out_of_band_work_runs_after_the_response_on_a_process_out_of_rotation() {
+    let apache = Apache::start(
+        Scenario::new(
+            r#"<VirtualHost 127.0.0.1:{port}>
+    ServerName 127.0.0.1
+    DocumentRoot {dir}/apps/wsgi/public
+    <Directory {dir}/apps/wsgi/public>
+        Require all granted
+    </Directory>
+</VirtualHost>
+"#,
+        )
+        .app("wsgi"),
+    );
+    let marker = apache.dir.join("oob-marker");
+    std::fs::write(&marker, b"").unwrap();
+    std::fs::set_permissions(&marker, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let response = apache.get(&format!("/oob?{}", marker.display()));
+    assert_eq!(response.status, 200);
+    assert!(
+        response.header("!~Request-OOB-Work").is_none(),
+        "the internal header leaked"
+    );
+    let oob_pid: i64 = response.text().parse().unwrap();
+    // Requests keep being served (by a stand-in process) while it works.
+    assert_eq!(apache.get("/").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ran = std::fs::read_to_string(&marker).unwrap();
+        if ran.lines().any(|l| l.parse::<i64>().ok() == Some(oob_pid)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "oob_work never ran: {ran:?}\n{}",
+            apache.error_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -226,6 +226,7 @@ fn serve_request(
     // A reused connection may have been closed by the app since: if it
     // fails before the app answered anything, retry once on a fresh one.
     let mut fresh_retry_left = true;
+    let mut outcome = RelayOutcome::default();
     loop {
         let reused = lease.has_connection();
         let app = match lease.connection() {
@@ -243,7 +244,7 @@ fn serve_request(
         };
         let sent = send_request(app, id, &app_head, &prefix, &body);
         let result = match sent {
-            Ok(()) => relay(module, app, id, &mut body),
+            Ok(()) => relay(module, app, id, &mut body, &mut outcome),
             Err(e) => Err(Relay::AppBroken {
                 answered: false,
                 error: e.to_string(),
@@ -251,6 +252,9 @@ fn serve_request(
         };
         match result {
             Ok(()) => {
+                if outcome.oob {
+                    lease.request_oob();
+                }
                 lease.finish();
                 return Ok(());
             }
@@ -293,6 +297,16 @@ fn send_request(
     app.flush()
 }
 
+/// The response header by which an app asks for out-of-band work.
+const OOB_HEADER: &[u8] = b"!~Request-OOB-Work";
+
+/// What a relayed response told the agent.
+#[derive(Default)]
+struct RelayOutcome {
+    /// The app asked for out-of-band work.
+    oob: bool,
+}
+
 /// How relaying can fail.
 enum Relay {
     /// The app's connection failed; `answered` = it had sent a response head.
@@ -307,6 +321,7 @@ fn relay(
     app: &mut AppConnection,
     id: u32,
     body: &mut BodyState,
+    outcome: &mut RelayOutcome,
 ) -> Result<(), Relay> {
     let mut answered = false;
     let broken = |answered: bool, error: String| Relay::AppBroken { answered, error };
@@ -347,8 +362,17 @@ fn relay(
                 app.send(id, &reply)
                     .map_err(|e| broken(answered, e.to_string()))?;
             }
-            Message::Response(response) if !answered => {
+            Message::Response(mut response) if !answered => {
                 answered = true;
+                // `!~` headers are for the agent only; the client never sees them.
+                let oob = response
+                    .headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case(OOB_HEADER));
+                response
+                    .headers
+                    .retain(|(name, _)| !name.starts_with(b"!~"));
+                outcome.oob = oob;
                 module.queue(id, &Message::Response(response));
                 if !app.has_buffered_input() {
                     module.flush().map_err(Relay::Module)?;

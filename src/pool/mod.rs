@@ -94,13 +94,22 @@ struct Process {
     last_used: Instant,
     /// Taken out of rotation: it stops once its sessions end.
     detached: bool,
+    /// The app asked for out-of-band work after its last request.
+    oob_pending: bool,
+    /// Doing out-of-band work now: out of rotation until it is done.
+    in_oob: bool,
 }
 
 impl Process {
     fn has_free_slot(&self) -> bool {
-        !self.detached && (self.concurrency == 0 || self.sessions < self.concurrency)
+        !self.detached
+            && !self.in_oob
+            && (self.concurrency == 0 || self.sessions < self.concurrency)
     }
 }
+
+/// How long a process may take for its out-of-band work.
+const OOB_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Waiter = Sender<Result<Lease, CheckoutError>>;
 
@@ -162,6 +171,8 @@ struct Deferred {
     stops: Vec<(Arc<ProcessHandle>, PathBuf)>,
     /// Groups that restarted: the spawner drops their preloaders.
     forgets: Vec<String>,
+    /// Out-of-band work to start: group, process id, socket, idle connection.
+    oobs: Vec<(String, u64, PathBuf, Option<AppConnection>)>,
 }
 
 /// The pool.
@@ -180,6 +191,8 @@ pub struct Lease {
     socket: PathBuf,
     conn: Option<AppConnection>,
     reusable: bool,
+    /// The response asked for out-of-band work (`!~Request-OOB-Work`).
+    oob: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -216,6 +229,11 @@ impl Lease {
     pub fn finish(mut self) {
         self.reusable = true;
     }
+
+    /// The app asked for out-of-band work once this request is done.
+    pub fn request_oob(&mut self) {
+        self.oob = true;
+    }
 }
 
 impl Drop for Lease {
@@ -225,7 +243,8 @@ impl Drop for Lease {
         } else {
             None
         };
-        self.pool.checkin(&self.group, self.process_id, conn);
+        self.pool
+            .checkin(&self.group, self.process_id, conn, self.oob);
     }
 }
 
@@ -377,6 +396,7 @@ impl Pool {
             socket: process.socket.clone(),
             conn: process.idle.pop(),
             reusable: false,
+            oob: false,
         })
     }
 
@@ -408,7 +428,11 @@ impl Pool {
         let live = group.live();
         let min = group.options.min_instances as usize;
         let busy = group.processes.iter().all(|p| !p.has_free_slot());
-        let wanted = (!group.waiters.is_empty() && busy) || (live < min && live > 0);
+        // A sole process that wants out-of-band work gets a stand-in first,
+        // so requests are never all blocked.
+        let oob_needs_company = live == 1 && group.processes.iter().any(|p| p.oob_pending);
+        let wanted =
+            (!group.waiters.is_empty() && busy) || (live < min && live > 0) || oob_needs_company;
         if !wanted {
             return;
         }
@@ -466,6 +490,15 @@ impl Pool {
         for group in deferred.forgets {
             self.spawner.forget(&group);
         }
+        for (name, id, socket, conn) in deferred.oobs {
+            let pool = self.arc();
+            let spawned = std::thread::Builder::new()
+                .name("oob".into())
+                .spawn(move || pool.run_oob(&name, id, &socket, conn));
+            if let Err(e) = spawned {
+                log::error!(target: "MP0403", "cannot start an out-of-band work thread: {e}");
+            }
+        }
         for (handle, socket) in deferred.stops {
             handle.terminate(STOP_GRACE);
             let _ = std::fs::remove_file(socket);
@@ -518,7 +551,10 @@ impl Pool {
                         processed: 0,
                         last_used: Instant::now(),
                         detached: false,
+                        oob_pending: false,
+                        in_oob: false,
                     });
+                    self.plan_oob(&mut state, name, &mut deferred);
                     self.serve_waiters(&mut state, name, &mut deferred);
                 }
                 Ok(spawned) => deferred.stops.push((spawned.handle, spawned.socket)),
@@ -542,7 +578,7 @@ impl Pool {
     }
 
     /// Returns a slot (from a dropped [`Lease`]).
-    fn checkin(&self, name: &str, process_id: u64, conn: Option<AppConnection>) {
+    fn checkin(&self, name: &str, process_id: u64, conn: Option<AppConnection>, oob: bool) {
         let mut deferred = Deferred::default();
         {
             let mut state = self.state.lock();
@@ -561,6 +597,9 @@ impl Pool {
             {
                 process.idle.push(conn);
             }
+            if oob && !process.detached {
+                process.oob_pending = true;
+            }
             if max_requests > 0 && process.processed >= max_requests && !process.detached {
                 log::info!(
                     target: "MP0405",
@@ -571,6 +610,7 @@ impl Pool {
             } else if process.detached && process.sessions == 0 {
                 remove_and_stop(group, process_id, &mut deferred);
             }
+            self.plan_oob(&mut state, name, &mut deferred);
             self.serve_waiters(&mut state, name, &mut deferred);
             self.plan_spawn(&mut state, name, &mut deferred);
             // A freed process may be what another app is waiting for.
@@ -583,6 +623,90 @@ impl Pool {
             for other in waiting {
                 self.plan_spawn(&mut state, &other, &mut deferred);
             }
+        }
+        self.run(deferred);
+    }
+
+    /// Starts out-of-band work on one process of `name` that asked for it,
+    /// when it is idle, no other process of the app is doing such work, and
+    /// another process can take requests meanwhile (reference §5.5).
+    fn plan_oob(&self, state: &mut State, name: &str, deferred: &mut Deferred) {
+        let Some(group) = state.groups.get_mut(name) else {
+            return;
+        };
+        if group.processes.iter().any(|p| p.in_oob) {
+            return;
+        }
+        let others_available = |id: u64| {
+            group
+                .processes
+                .iter()
+                .any(|p| p.id != id && p.has_free_slot())
+        };
+        let Some(id) = group
+            .processes
+            .iter()
+            .find(|p| p.oob_pending && p.sessions == 0 && !p.detached)
+            .map(|p| p.id)
+            .filter(|&id| others_available(id))
+        else {
+            return;
+        };
+        let process = group
+            .processes
+            .iter_mut()
+            .find(|p| p.id == id)
+            .expect("found above");
+        process.oob_pending = false;
+        process.in_oob = true;
+        deferred.oobs.push((
+            name.to_owned(),
+            id,
+            process.socket.clone(),
+            process.idle.pop(),
+        ));
+    }
+
+    /// Runs one process's out-of-band work (on its own thread).
+    fn run_oob(&self, name: &str, id: u64, socket: &std::path::Path, conn: Option<AppConnection>) {
+        let result = (|| -> Result<AppConnection, String> {
+            let mut conn = match conn {
+                Some(conn) => conn,
+                None => Connection::new(UnixStream::connect(socket).map_err(|e| e.to_string())?),
+            };
+            conn.get_ref()
+                .set_read_timeout(Some(OOB_TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            conn.send(0, &crate::protocol::Message::OobWork)
+                .map_err(|e| e.to_string())?;
+            match conn.read_frame() {
+                Ok(Some((_, crate::protocol::Message::OobDone))) => {
+                    conn.get_ref()
+                        .set_read_timeout(None)
+                        .map_err(|e| e.to_string())?;
+                    Ok(conn)
+                }
+                other => Err(format!("expected OOB_DONE, got {other:?}")),
+            }
+        })();
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            let Some(group) = state.groups.get_mut(name) else {
+                return;
+            };
+            if let Some(process) = group.processes.iter_mut().find(|p| p.id == id) {
+                process.in_oob = false;
+                match result {
+                    Ok(conn) => process.idle.push(conn),
+                    Err(e) => {
+                        log::warn!(target: "MP0408", "out-of-band work of process {} of {name} failed: {e}", process.handle.pid())
+                    }
+                }
+            }
+            self.plan_oob(&mut state, name, &mut deferred);
+            self.serve_waiters(&mut state, name, &mut deferred);
+            self.plan_spawn(&mut state, name, &mut deferred);
         }
         self.run(deferred);
     }

@@ -13,6 +13,21 @@ warnings.simplefilter('error')
 # spawning it is loaded once by the preloader, and forked workers share it.
 LOADS = [os.getpid()]
 
+# Out-of-band work: /oob?<marker file> asks for it; the handler appends the
+# pid of the process that ran it to the marker file.
+OOB_MARKER = []
+
+
+def on_oob_work():
+    if OOB_MARKER:
+        with open(OOB_MARKER[-1], 'a') as f:
+            f.write('%d\n' % os.getpid())
+
+
+import passenger  # noqa: E402 (provided by the loader)
+
+passenger.on_event('oob_work', on_oob_work)
+
 ENV_KEYS = [
     'REQUEST_METHOD', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'SERVER_NAME',
     'SERVER_PORT', 'SERVER_PROTOCOL', 'REMOTE_ADDR', 'CONTENT_TYPE', 'CONTENT_LENGTH',
@@ -94,6 +109,11 @@ def app(environ, start_response):
         environ['wsgi.errors'].flush()
         start_response('200 OK', [('Content-Type', 'text/plain')])
         return [b'logged']
+    if path == '/oob':
+        OOB_MARKER.append(environ['QUERY_STRING'])
+        passenger.request_oob_work()
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return [('%d' % os.getpid()).encode()]
     if path == '/crash':
         os._exit(3)
     if path == '/big':
