@@ -1,0 +1,1257 @@
+'use strict';
+/*
+ * Tests of node-loader.js.
+ *
+ * Run with:  node --test src/loaders/test_node_loader.js
+ *
+ * The loader is started for real, as the agent starts it: a child process
+ * with a listening Unix socket on fd 3 and the readiness pipe on fd 4, on
+ * small apps written to a temporary directory. This file plays the agent.
+ * The frame codec below is this test's own, written from docs/protocol.md;
+ * it is checked against docs/protocol-vectors.json, and so is the loader's.
+ */
+
+const assert = require('node:assert/strict');
+const childProcess = require('node:child_process');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { describe, it, before, after } = require('node:test');
+
+const LOADER = path.join(__dirname, 'node-loader.js');
+const VECTORS = path.join(__dirname, '..', '..', 'docs', 'protocol-vectors.json');
+const loader = require(LOADER); // the codec it exports when it is not the main module
+
+// ---------------------------------------------------------------------------
+// The test's own codec (docs/protocol.md)
+// ---------------------------------------------------------------------------
+
+const T = {
+  HELLO: 0x01, HELLO_OK: 0x02, CONFIGURE: 0x03, CONFIGURE_OK: 0x04, REQUEST: 0x10,
+  BODY: 0x11, END: 0x12, MORE: 0x13, READ_BODY: 0x14, RESPONSE: 0x20, ERROR: 0x30,
+  PING: 0x40, PONG: 0x41, STATUS: 0x50, STATUS_REPLY: 0x51, READY: 0x60, SPAWN_ERROR: 0x61,
+  FORK: 0x70, FORKED: 0x71, OOB_WORK: 0x72, OOB_DONE: 0x73,
+};
+const NAMES = Object.fromEntries(Object.entries(T).map(([k, v]) => [v, k]));
+const MAX_PAYLOAD = 1 << 20;
+
+// Payload layout of every message, field by field.
+const SCHEMA = {
+  HELLO: [['role', 'u8'], ['pid', 'u32'], ['generation', 'u64']],
+  HELLO_OK: [['agent_pid', 'u32'], ['instance', 'bytes']],
+  CONFIGURE: [['generation', 'u64'], ['config', 'bytes']],
+  CONFIGURE_OK: [],
+  REQUEST: [['flags', 'u8'], ['options', 'pairs'], ['env', 'pairs']],
+  BODY: [['data', 'rest']],
+  END: [],
+  MORE: [],
+  READ_BODY: [['max', 'u32']],
+  RESPONSE: [['status', 'u16'], ['reason', 'bytes'], ['headers', 'pairs']],
+  ERROR: [['code', 'u16'], ['message', 'bytes']],
+  PING: [],
+  PONG: [],
+  STATUS: [['query', 'bytes']],
+  STATUS_REPLY: [['document', 'bytes']],
+  READY: [['concurrency', 'u32']],
+  SPAWN_ERROR: [['summary', 'bytes'], ['details', 'bytes']],
+  FORK: [],
+  FORKED: [['pid', 'u32']],
+  OOB_WORK: [],
+  OOB_DONE: [],
+};
+
+class Malformed extends Error {}
+
+function u16(n) { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; }
+function u32(n) { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; }
+function u64(n) { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b; }
+function toBuf(x) { return Buffer.isBuffer(x) ? x : Buffer.from(String(x), 'utf8'); }
+function encBytes(x) { const b = toBuf(x); return Buffer.concat([u32(b.length), b]); }
+function encPairs(pairs) {
+  return Buffer.concat([u32(pairs.length), ...pairs.flatMap(([n, v]) => [encBytes(n), encBytes(v)])]);
+}
+
+function frame(type, rid = 0, payload = Buffer.alloc(0)) {
+  const h = Buffer.alloc(12);
+  h.write('MP', 0, 'latin1');
+  h[2] = 1;
+  h[3] = type;
+  h.writeUInt32BE(rid, 4);
+  h.writeUInt32BE(payload.length, 8);
+  return Buffer.concat([h, payload]);
+}
+
+function requestFrame(rid, env, flags = 0, options = []) {
+  return frame(T.REQUEST, rid, Buffer.concat([Buffer.from([flags]), encPairs(options), encPairs(env)]));
+}
+
+/** Encode the payload of a message from its named fields (vector style). */
+function encodeFields(name, fields) {
+  const parts = [];
+  for (const [field, kind] of SCHEMA[name]) {
+    const hexValue = fields[field + '_hex'];
+    const value = hexValue !== undefined ? Buffer.from(hexValue, 'hex') : fields[field];
+    if (kind === 'u8') parts.push(Buffer.from([value]));
+    else if (kind === 'u16') parts.push(u16(value));
+    else if (kind === 'u32') parts.push(u32(value));
+    else if (kind === 'u64') parts.push(u64(value));
+    else if (kind === 'bytes') parts.push(encBytes(value));
+    else if (kind === 'pairs') parts.push(encPairs(value));
+    else if (kind === 'rest') parts.push(toBuf(value));
+  }
+  return Buffer.concat(parts);
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Decode a payload into named fields; bytes come back as Buffers. */
+function decodeFields(name, payload) {
+  let off = 0;
+  const need = (n) => {
+    if (off + n > payload.length) throw new Malformed(`${name}: truncated`);
+  };
+  const bytes = () => {
+    need(4);
+    const n = payload.readUInt32BE(off);
+    off += 4;
+    need(n);
+    const b = payload.subarray(off, off + n);
+    off += n;
+    return b;
+  };
+  const out = {};
+  for (const [field, kind] of SCHEMA[name]) {
+    if (kind === 'u8') { need(1); out[field] = payload[off]; off += 1; }
+    else if (kind === 'u16') { need(2); out[field] = payload.readUInt16BE(off); off += 2; }
+    else if (kind === 'u32') { need(4); out[field] = payload.readUInt32BE(off); off += 4; }
+    else if (kind === 'u64') { need(8); out[field] = Number(payload.readBigUInt64BE(off)); off += 8; }
+    else if (kind === 'bytes') out[field] = bytes();
+    else if (kind === 'rest') { out[field] = payload.subarray(off); off = payload.length; }
+    else if (kind === 'pairs') {
+      need(4);
+      const count = payload.readUInt32BE(off);
+      off += 4;
+      if (count > (payload.length - off) / 8) throw new Malformed(`${name}: pair count lies`);
+      const pairs = [];
+      for (let i = 0; i < count; i++) pairs.push([bytes(), bytes()]);
+      out[field] = pairs;
+    }
+  }
+  if (off !== payload.length) throw new Malformed(`${name}: trailing bytes`);
+  if (name === 'HELLO' && !(out.role >= 1 && out.role <= 3)) throw new Malformed('bad role');
+  if (name === 'REQUEST' && (out.flags & ~3)) throw new Malformed('bad flags');
+  if (name === 'ERROR') {
+    try { strictUtf8.decode(out.message); } catch (e) { throw new Malformed('not UTF-8'); }
+  }
+  return out;
+}
+
+/** One frame at the start of buf: null (incomplete), or {type, name, rid, payload, size}. */
+function readFrame(buf) {
+  if (buf.length < 12) return null;
+  if (buf[0] !== 0x4d || buf[1] !== 0x50) throw Object.assign(new Error('bad magic'), { kind: 'bad_magic' });
+  if (buf[2] !== 1) throw Object.assign(new Error('bad version'), { kind: 'bad_version' });
+  const type = buf[3];
+  if (!NAMES[type]) throw Object.assign(new Error('unknown type'), { kind: 'unknown_type' });
+  const len = buf.readUInt32BE(8);
+  if (len > MAX_PAYLOAD) throw Object.assign(new Error('too large'), { kind: 'too_large' });
+  if (buf.length < 12 + len) return null;
+  return { type, name: NAMES[type], rid: buf.readUInt32BE(4), payload: buf.subarray(12, 12 + len), size: 12 + len };
+}
+
+const text = (b) => Buffer.from(b).toString('latin1');
+const pairsText = (pairs) => pairs.map(([n, v]) => [text(n), text(v)]);
+
+// ---------------------------------------------------------------------------
+// Playing the agent
+// ---------------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A connection to the loader's fd 3, speaking frames. */
+class AgentConn {
+  constructor(sock) {
+    this.sock = sock;
+    this.buf = Buffer.alloc(0);
+    this.frames = [];
+    this.waiters = [];
+    this.isClosed = false;
+    this.closed = new Promise((resolve) => sock.on('close', () => {
+      this.isClosed = true;
+      resolve();
+      this.wake();
+    }));
+    sock.on('error', () => {});
+    sock.on('data', (chunk) => {
+      this.buf = Buffer.concat([this.buf, chunk]);
+      for (;;) {
+        const f = readFrame(this.buf);
+        if (f === null) break;
+        f.fields = decodeFields(f.name, f.payload);
+        f.time = Date.now();
+        this.frames.push(f);
+        this.buf = this.buf.subarray(f.size);
+      }
+      this.wake();
+    });
+  }
+
+  static open(sockPath) {
+    return new Promise((resolve, reject) => {
+      const sock = net.connect(sockPath);
+      sock.once('connect', () => resolve(new AgentConn(sock)));
+      sock.once('error', reject);
+    });
+  }
+
+  wake() {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  send(buf) {
+    this.sock.write(buf);
+  }
+
+  /** The next frame; null when the connection closed first. */
+  async next(timeout = 10000) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      if (this.frames.length) return this.frames.shift();
+      if (this.isClosed) return null;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('timed out waiting for a frame');
+      await new Promise((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => { clearTimeout(t); resolve(); });
+      });
+    }
+  }
+
+  /**
+   * One request as the agent makes it: REQUEST, the body prefix (up to
+   * `prefix` bytes, then END or MORE), READ_BODY answered from `body`
+   * (`chunk` bytes at most per BODY), until END or ERROR.
+   */
+  async request(rid, env, opts = {}) {
+    const body = opts.body === undefined ? null : toBuf(opts.body);
+    const prefix = opts.prefix === undefined ? 64 * 1024 : opts.prefix;
+    let flags = opts.flags || 0;
+    if (body !== null) flags |= 1;
+    const parts = [requestFrame(rid, env, flags)];
+    let sent = 0;
+    if (body !== null) {
+      const end = Math.min(prefix, body.length);
+      while (sent < end) {
+        const n = Math.min(65536, end - sent);
+        parts.push(frame(T.BODY, rid, body.subarray(sent, sent + n)));
+        sent += n;
+      }
+      parts.push(frame(sent === body.length ? T.END : T.MORE, rid));
+    }
+    this.send(Buffer.concat(parts));
+    const result = { status: null, reason: null, headers: null, chunks: [], readBodies: 0, error: null, frames: [] };
+    let bodyDone = body === null || sent === body.length;
+    for (;;) {
+      const f = await this.next(opts.timeout);
+      if (f === null) {
+        result.closed = true;
+        break;
+      }
+      result.frames.push(f);
+      assert.equal(f.rid, rid, `a ${f.name} frame for request ${f.rid} during request ${rid}`);
+      if (f.type === T.READ_BODY) {
+        assert.ok(!bodyDone, 'READ_BODY after the body was complete');
+        result.readBodies++;
+        if (opts.onReadBody) await opts.onReadBody(result.readBodies);
+        const n = Math.min(f.fields.max, body.length - sent, opts.chunk || Infinity);
+        if (n > 0) {
+          this.send(frame(T.BODY, rid, body.subarray(sent, sent + n)));
+          sent += n;
+        } else {
+          this.send(frame(T.END, rid));
+          bodyDone = true;
+        }
+      } else if (f.type === T.RESPONSE) {
+        assert.equal(result.status, null, 'a second RESPONSE');
+        result.status = f.fields.status;
+        result.reason = text(f.fields.reason);
+        result.headers = pairsText(f.fields.headers);
+        result.responseTime = f.time;
+      } else if (f.type === T.BODY) {
+        assert.notEqual(result.status, null, 'BODY before RESPONSE');
+        result.chunks.push({ data: Buffer.from(f.fields.data), time: f.time });
+      } else if (f.type === T.END) {
+        result.endTime = f.time;
+        break;
+      } else if (f.type === T.ERROR) {
+        result.error = { code: f.fields.code, message: text(f.fields.message) };
+        break;
+      } else {
+        assert.fail(`unexpected ${f.name} during a request`);
+      }
+    }
+    result.body = Buffer.concat(result.chunks.map((c) => c.data));
+    result.text = result.body.toString('utf8');
+    result.header = (name) => {
+      const h = (result.headers || []).find(([n]) => n.toLowerCase() === name.toLowerCase());
+      return h ? h[1] : undefined;
+    };
+    result.headerAll = (name) => (result.headers || [])
+      .filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
+    return result;
+  }
+}
+
+/** The CGI environment the module builds for a request. */
+function cgiEnv(method, uri, extra = []) {
+  const [pathInfo, query = ''] = uri.split('?');
+  return [
+    ['REQUEST_METHOD', method],
+    ['SCRIPT_NAME', ''],
+    ['PATH_INFO', pathInfo],
+    ['QUERY_STRING', query],
+    ['REQUEST_URI', uri],
+    ['SERVER_NAME', 'example.test'],
+    ['SERVER_PORT', '80'],
+    ['SERVER_PROTOCOL', 'HTTP/1.1'],
+    ['REMOTE_ADDR', '192.0.2.7'],
+    ['REMOTE_PORT', '51234'],
+    ['HTTP_HOST', 'example.test'],
+    ['HTTP_ACCEPT', '*/*'],
+    ...extra,
+  ];
+}
+
+/** A loader process on an app in a temporary directory, as the agent runs it. */
+class LoaderProcess {
+  static async start(files, opts = {}) {
+    const p = new LoaderProcess();
+    await p.spawn(files, opts);
+    return p;
+  }
+
+  async spawn(files, opts) {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'node-loader-test-'));
+    this.appRoot = path.join(this.dir, 'app');
+    fs.mkdirSync(this.appRoot);
+    for (const [name, content] of Object.entries(files)) {
+      fs.mkdirSync(path.dirname(path.join(this.appRoot, name)), { recursive: true });
+      fs.writeFileSync(path.join(this.appRoot, name), content);
+    }
+    // A real listening socket for fd 3: bound here, passed down, then
+    // renamed (closing our copy unlinks the name it was bound to).
+    const bindPath = path.join(this.dir, 'bind.sock');
+    this.sockPath = path.join(this.dir, 'app.sock');
+    const server = net.createServer();
+    await new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(bindPath, resolve);
+    });
+    const env = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME || '/',
+      PASSENGER_APP_ROOT: this.appRoot,
+      ...(opts.env || {}),
+    };
+    if (process.env.LD_LIBRARY_PATH) env.LD_LIBRARY_PATH = process.env.LD_LIBRARY_PATH;
+    if (opts.startupFile) env.PASSENGER_STARTUP_FILE = opts.startupFile;
+    const argv = opts.argv ? opts.argv(LOADER) : [process.execPath, [LOADER]];
+    this.child = childProcess.spawn(argv[0], argv[1], {
+      cwd: this.appRoot,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe', server._handle.fd, 'pipe'],
+    });
+    fs.renameSync(bindPath, this.sockPath);
+    await new Promise((resolve) => server.close(resolve));
+    this.stdout = '';
+    this.stderr = '';
+    this.child.stdout.on('data', (d) => { this.stdout += d; });
+    this.child.stderr.on('data', (d) => { this.stderr += d; });
+    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
+    this.readiness = new Promise((resolve, reject) => {
+      let buf = Buffer.alloc(0);
+      const pipe = this.child.stdio[4];
+      pipe.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        try {
+          const f = readFrame(buf);
+          if (f !== null) {
+            f.fields = decodeFields(f.name, f.payload);
+            resolve(f);
+          }
+        } catch (e) {
+          reject(e);
+        }
+      });
+      pipe.on('error', () => {});
+      pipe.on('close', () => resolve(null));
+    });
+  }
+
+  /** Wait for READY; fail with the loader's output otherwise. */
+  async ready() {
+    const f = await withTimeout(this.readiness, 10000, 'READY');
+    if (f === null || f.type !== T.READY) {
+      const what = f === null ? 'nothing' : `${f.name} ${f.fields.summary || ''}`;
+      throw new Error(`the loader reported ${what}\nstderr:\n${this.stderr}`);
+    }
+    assert.equal(f.fields.concurrency, 0, 'READY announces unlimited concurrency');
+    return this;
+  }
+
+  connect() {
+    return AgentConn.open(this.sockPath);
+  }
+
+  /** One request on a connection of its own. */
+  async get(uri, extra = [], opts = {}) {
+    const conn = await this.connect();
+    try {
+      return await conn.request(1, cgiEnv(opts.method || 'GET', uri, extra), opts);
+    } finally {
+      conn.sock.destroy();
+    }
+  }
+
+  async stop() {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.kill('SIGKILL');
+    }
+    await this.exited;
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+const sha256 = (b) => crypto.createHash('sha256').update(b).digest('hex');
+
+// ---------------------------------------------------------------------------
+// Apps
+// ---------------------------------------------------------------------------
+
+// Everything the tests ask a plain http.createServer app, one route each.
+const KITCHEN_SINK = `
+const http = require('http');
+const crypto = require('crypto');
+let listeningEvent = false;
+let listenCallback = false;
+let aborted = 0;
+let oobRuns = 0;
+PhusionPassenger.on('oob_work', async () => {
+  await new Promise((r) => setTimeout(r, 30));
+  oobRuns++;
+});
+const routes = {
+  '/': (req, res) => {
+    res.setHeader('Content-Type', 'text/plain');
+    res.end('Hello world\\n');
+  },
+  '/info': (req, res) => {
+    let n = 0;
+    req.on('data', (d) => { n += d.length; });
+    req.on('end', () => {
+      res.setHeader('Content-Type', 'application/json');
+      res.end(JSON.stringify({
+        method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders,
+        httpVersion: req.httpVersion, remoteAddress: req.socket.remoteAddress,
+        remotePort: req.socket.remotePort, encrypted: !!req.socket.encrypted, bodyLength: n,
+        address: server.address(), listening: server.listening, listeningEvent, listenCallback,
+        mainIsApp: require.main === module, argv1: process.argv[1], cwd: process.cwd(),
+        inPassenger: process.env.IN_PASSENGER, pid: process.pid,
+        passengerEnv: req.socket.passengerEnv && req.socket.passengerEnv.SERVER_NAME,
+      }));
+    });
+  },
+  '/upload': (req, res) => {
+    const hash = crypto.createHash('sha256');
+    let n = 0;
+    req.on('data', (d) => { n += d.length; hash.update(d); });
+    req.on('end', () => res.end(JSON.stringify({ length: n, sha256: hash.digest('hex'),
+      te: req.headers['transfer-encoding'] || null, cl: req.headers['content-length'] || null })));
+  },
+  '/echo': (req, res) => {
+    res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
+    req.pipe(res);
+  },
+  '/early': (req, res) => {
+    res.end('answered before reading the body');
+  },
+  '/stream': (req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+    res.write('data: one\\n\\n');
+    setTimeout(() => {
+      res.write('data: two\\n\\n');
+      setTimeout(() => res.end('data: three\\n\\n'), 150);
+    }, 150);
+  },
+  '/cookies': (req, res) => {
+    res.setHeader('Set-Cookie', ['a=1; Path=/', 'b=2; HttpOnly']);
+    res.setHeader('X-Multi', ['x', 'y']);
+    res.writeHead(201, 'Very Created', { 'X-Case': 'MiXeD', '!~Request-OOB-Work': '1' });
+    res.end('cookies');
+  },
+  '/big': (req, res) => {
+    const b = Buffer.alloc(200 * 1024);
+    for (let i = 0; i < b.length; i++) b[i] = (i * 7) & 0xff;
+    res.end(b);
+  },
+  '/slow': (req, res) => {
+    setTimeout(() => res.end('slow done'), 400);
+  },
+  '/hang': (req, res) => {
+    req.on('aborted', () => { aborted++; });
+    res.on('close', () => { if (!res.writableFinished) aborted++; });
+  },
+  '/aborted': (req, res) => res.end(String(aborted)),
+  '/oob': (req, res) => res.end(String(oobRuns)),
+  '/no-content': (req, res) => { res.statusCode = 204; res.end(); },
+  '/destroy-before': (req, res) => { req.socket.destroy(); },
+  '/destroy-after': (req, res) => {
+    res.writeHead(200, { 'Content-Length': '100' });
+    res.write('partial');
+    setTimeout(() => res.socket.destroy(), 30);
+  },
+  '/utf8': (req, res) => {
+    res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+    res.end('héllo wörld ✓');
+  },
+};
+const server = http.createServer((req, res) => {
+  const route = routes[req.url.split('?')[0]] || routes['/info'];
+  route(req, res);
+});
+server.on('listening', () => { listeningEvent = true; });
+server.listen(3000, () => { listenCallback = true; });
+`;
+
+// An Express-style app, without Express: a handler function with listen().
+const EXPRESS_LIKE = `
+const http = require('http');
+function createApp() {
+  const routes = {};
+  const app = function (req, res) {
+    const handler = routes[req.method + ' ' + req.url.split('?')[0]];
+    if (handler) handler(req, res);
+    else { res.statusCode = 404; res.end('Cannot ' + req.method + ' ' + req.url); }
+  };
+  app.get = (p, h) => { routes['GET ' + p] = h; };
+  app.listen = function () {
+    const server = http.createServer(this);
+    return server.listen.apply(server, arguments);
+  };
+  return app;
+}
+const app = createApp();
+let server;
+let callbackFired = false;
+app.get('/', (req, res) => {
+  res.setHeader('Content-Type', 'application/json');
+  res.end(JSON.stringify({ callbackFired, address: server.address() }));
+});
+if (require.main === module) {
+  server = app.listen(3000, () => {
+    callbackFired = true;
+    console.log('Example app listening on port ' + server.address().port);
+  });
+}
+`;
+
+// listen() called in each of its forms; a second server listens for real.
+function listenVariant(call) {
+  return `
+const http = require('http');
+const net = require('net');
+let cb = false;
+let other = null;
+const server = http.createServer((req, res) => {
+  res.end(JSON.stringify({ address: server.address(), listening: server.listening, cb, other }));
+});
+const done = () => {
+  cb = true;
+  const s = net.createServer().listen(0, '127.0.0.1', () => {
+    other = s.address();
+    s.close();
+  });
+};
+${call}
+`;
+}
+
+// ---------------------------------------------------------------------------
+// The codec against docs/protocol-vectors.json
+// ---------------------------------------------------------------------------
+
+describe('frame codec', () => {
+  const vectors = JSON.parse(fs.readFileSync(VECTORS, 'utf8'));
+
+  it("the test's own codec round-trips every vector", () => {
+    for (const v of vectors.vectors) {
+      const buf = Buffer.from(v.hex, 'hex');
+      const f = readFrame(buf);
+      assert.ok(f, v.name);
+      assert.equal(f.name, v.type, v.name);
+      assert.equal(f.rid, v.request_id, v.name);
+      assert.equal(f.size, buf.length, v.name);
+      assert.deepEqual(frame(T[v.type], v.request_id, encodeFields(v.type, v)), buf, v.name);
+      const fields = decodeFields(v.type, f.payload);
+      for (const [field, kind] of SCHEMA[v.type]) {
+        const got = fields[field];
+        if (kind === 'bytes' || kind === 'rest') {
+          if (v[field + '_hex'] !== undefined) assert.equal(got.toString('hex'), v[field + '_hex'], v.name);
+          else assert.equal(got.toString('utf8'), v[field], v.name);
+        } else if (kind === 'pairs') {
+          assert.deepEqual(got.map(([n, x]) => [n.toString('utf8'), x.toString('utf8')]), v[field], v.name);
+        } else {
+          assert.equal(got, v[field], v.name);
+        }
+      }
+      for (let i = 0; i < buf.length; i++) assert.equal(readFrame(buf.subarray(0, i)), null, `${v.name} prefix ${i}`);
+    }
+  });
+
+  it("the test's own codec refuses every invalid vector", () => {
+    for (const v of vectors.invalid) {
+      const buf = Buffer.from(v.hex, 'hex');
+      let outcome;
+      try {
+        const f = readFrame(buf);
+        if (f === null) outcome = 'incomplete';
+        else {
+          decodeFields(f.name, f.payload);
+          outcome = 'accepted';
+        }
+      } catch (e) {
+        outcome = e instanceof Malformed ? 'malformed' : e.kind;
+      }
+      assert.equal(outcome, v.error, v.name);
+    }
+  });
+
+  it("the loader's codec decodes and encodes the vectors it handles", () => {
+    for (const v of vectors.vectors) {
+      const buf = Buffer.from(v.hex, 'hex');
+      const [type, rid, payload, size] = loader.parseFrame(buf);
+      assert.equal(type, T[v.type], v.name);
+      assert.equal(rid, v.request_id, v.name);
+      assert.equal(size, buf.length, v.name);
+      for (let i = 0; i < buf.length; i++) assert.equal(loader.parseFrame(buf.subarray(0, i)), null, `${v.name} prefix ${i}`);
+      switch (v.type) {
+        case 'REQUEST': {
+          const r = loader.decodeRequest(payload);
+          assert.equal(r.flags, v.flags, v.name);
+          assert.deepEqual(r.env, v.env, v.name);
+          break;
+        }
+        case 'RESPONSE': {
+          const raw = [];
+          for (const [n, x] of v.headers) raw.push(n, x);
+          assert.deepEqual(loader.encodeResponse(rid, v.status, v.reason, raw), buf, v.name);
+          break;
+        }
+        case 'ERROR':
+          assert.deepEqual(loader.decodeError(payload), { code: v.code, message: v.message }, v.name);
+          assert.deepEqual(loader.encodeError(v.code, v.message, rid), buf, v.name);
+          break;
+        case 'READY':
+          if (rid === 0) assert.deepEqual(loader.encodeReady(v.concurrency), buf, v.name);
+          break;
+        case 'SPAWN_ERROR':
+          assert.deepEqual(loader.encodeSpawnError(v.summary, v.details), buf, v.name);
+          break;
+        case 'READ_BODY':
+          assert.deepEqual(loader.encodeFrame(T.READ_BODY, rid, u32(v.max)), buf, v.name);
+          break;
+        case 'BODY': {
+          const data = v.data_hex !== undefined ? Buffer.from(v.data_hex, 'hex') : Buffer.from(v.data);
+          assert.deepEqual(Buffer.concat([loader.frameHeader(T.BODY, rid, data.length), data]), buf, v.name);
+          break;
+        }
+        case 'END': case 'PONG': case 'OOB_DONE':
+          assert.deepEqual(loader.frameHeader(T[v.type], rid, 0), buf, v.name);
+          break;
+        default:
+          break;
+      }
+    }
+  });
+
+  it("the loader's codec refuses the invalid vectors it could receive", () => {
+    for (const v of vectors.invalid) {
+      const buf = Buffer.from(v.hex, 'hex');
+      let outcome;
+      try {
+        const f = loader.parseFrame(buf);
+        if (f === null) outcome = 'incomplete';
+        else if (f[0] === T.REQUEST) { loader.decodeRequest(f[2]); outcome = 'accepted'; }
+        else if (f[0] === T.ERROR) { loader.decodeError(f[2]); outcome = 'accepted'; }
+        else outcome = 'not decoded by the loader';
+      } catch (e) {
+        assert.ok(e instanceof loader.ProtocolError, `${v.name}: ${e}`);
+        outcome = e.kind;
+      }
+      if (outcome === 'not decoded by the loader') continue; // HELLO, STATUS: refused as unexpected
+      assert.equal(outcome, v.error, v.name);
+    }
+  });
+
+  it('header variables become header names, paths are re-encoded', () => {
+    assert.equal(loader.headerName('HTTP_X_FORWARDED_HOST'), 'X-Forwarded-Host');
+    assert.equal(loader.headerName('HTTP_ACCEPT'), 'Accept');
+    assert.equal(loader.headerName('HTTP_X__BAD'), null);
+    assert.equal(loader.headerName('HTTP_X.BAD'), null);
+    assert.equal(loader.encodePath('/a b/%/é'), '/a%20b/%25/%E9');
+    const r = loader.buildRequest(3, [['REQUEST_METHOD', 'PUT'], ['SCRIPT_NAME', '/app'],
+      ['PATH_INFO', '/x y'], ['QUERY_STRING', 'q=1'], ['CONTENT_LENGTH', '5'],
+      ['HTTP_CONNECTION', 'keep-alive'], ['HTTP_X_DUP', '1'], ['HTTP_X_DUP', '2'],
+      ['HTTP_X_FORWARDED_PROTO', 'http'], ['REMOTE_ADDR', '192.0.2.1']]);
+    assert.equal(r.method, 'PUT');
+    assert.equal(r.target, '/app/x%20y?q=1');
+    assert.equal(r.https, true);
+    assert.equal(r.contentLength, 5);
+    assert.deepEqual(r.headers['X-Dup'], ['1', '2']);
+    assert.equal(r.headers['X-Forwarded-Proto'], 'https');
+    assert.equal(r.headers['X-Forwarded-For'], '192.0.2.1');
+    assert.equal(r.headers.Connection, 'close');
+    assert.equal(r.headers.Host, 'localhost');
+    assert.throws(() => loader.buildRequest(0, [['CONTENT_LENGTH', '12x']]));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// A plain http.createServer(...).listen(3000) app
+// ---------------------------------------------------------------------------
+
+describe('a plain http.createServer app', () => {
+  let app;
+  before(async () => {
+    app = await LoaderProcess.start({ 'app.js': KITCHEN_SINK });
+    await app.ready();
+  });
+  after(() => app.stop());
+
+  it('serves hello world', async () => {
+    const r = await app.get('/');
+    assert.equal(r.error, null);
+    assert.equal(r.status, 200);
+    assert.equal(r.reason, 'OK');
+    assert.equal(r.text, 'Hello world\n');
+    assert.equal(r.header('Content-Type'), 'text/plain');
+    assert.equal(r.header('Content-Length'), '12');
+    assert.equal(r.header('Connection'), undefined, 'hop-by-hop headers are dropped');
+  });
+
+  it('gives the app the request as Node would see it', async () => {
+    const r = await app.get('/info?x=1&y=%20', [['HTTP_X_DUP', 'a'], ['HTTP_X_DUP', 'b'],
+      ['HTTP_X_FORWARDED_FOR', '198.51.100.1'], ['HTTP_CONNECTION', 'keep-alive'],
+      ['HTTP_COOKIE', 'k=v']]);
+    assert.equal(r.status, 200);
+    const info = JSON.parse(r.text);
+    assert.equal(info.method, 'GET');
+    assert.equal(info.url, '/info?x=1&y=%20');
+    assert.equal(info.httpVersion, '1.1');
+    assert.equal(info.headers.host, 'example.test');
+    assert.equal(info.headers.accept, '*/*');
+    assert.equal(info.headers['x-dup'], 'a, b');
+    assert.equal(info.headers.cookie, 'k=v');
+    assert.equal(info.headers['x-forwarded-for'], '198.51.100.1, 192.0.2.7');
+    assert.equal(info.headers['x-forwarded-proto'], 'http');
+    assert.equal(info.headers.connection, 'close');
+    assert.ok(info.rawHeaders.includes('X-Dup'), 'header names are title-cased');
+    assert.equal(info.remoteAddress, '192.0.2.7');
+    assert.equal(info.remotePort, 51234);
+    assert.equal(info.encrypted, false);
+    assert.equal(info.passengerEnv, 'example.test');
+    assert.equal(info.listening, true);
+    assert.equal(info.listeningEvent, true);
+    assert.equal(info.listenCallback, true);
+    assert.deepEqual(info.address, { address: '::', family: 'IPv6', port: 3000 });
+    assert.equal(info.mainIsApp, true, 'require.main === module in the startup file');
+    assert.equal(info.argv1, path.join(app.appRoot, 'app.js'));
+    assert.equal(fs.realpathSync(info.cwd), fs.realpathSync(app.appRoot));
+    assert.equal(info.inPassenger, '1');
+  });
+
+  it('marks HTTPS requests (flag 0x02)', async () => {
+    const conn = await app.connect();
+    const r = await conn.request(9, cgiEnv('GET', '/info', [['HTTP_X_FORWARDED_PROTO', 'http']]), { flags: 2 });
+    conn.sock.destroy();
+    const info = JSON.parse(r.text);
+    assert.equal(info.headers['x-forwarded-proto'], 'https');
+    assert.equal(info.encrypted, true);
+  });
+
+  it('builds the path from SCRIPT_NAME and PATH_INFO without REQUEST_URI', async () => {
+    const conn = await app.connect();
+    const env = cgiEnv('GET', '/info').filter(([n]) => n !== 'REQUEST_URI' && n !== 'SCRIPT_NAME' && n !== 'PATH_INFO' && n !== 'QUERY_STRING');
+    env.push(['SCRIPT_NAME', '/sub'], ['PATH_INFO', '/a b'], ['QUERY_STRING', 'q=1']);
+    const r = await conn.request(1, env);
+    conn.sock.destroy();
+    assert.equal(JSON.parse(r.text).url, '/sub/a%20b?q=1');
+  });
+
+  it('carries many requests in sequence on one connection', async () => {
+    const conn = await app.connect();
+    for (let i = 1; i <= 20; i++) {
+      const r = await conn.request(i, cgiEnv('GET', i % 2 ? '/' : '/utf8'));
+      assert.equal(r.status, 200);
+      assert.equal(r.text, i % 2 ? 'Hello world\n' : 'héllo wörld ✓');
+    }
+    conn.sock.destroy();
+  });
+
+  it('answers PING with PONG, also between requests', async () => {
+    const conn = await app.connect();
+    conn.send(frame(T.PING, 0));
+    const f = await conn.next();
+    assert.equal(f.type, T.PONG);
+    const r = await conn.request(3, cgiEnv('GET', '/'));
+    assert.equal(r.status, 200);
+    conn.sock.destroy();
+  });
+
+  it('pulls a POST body larger than 64 KiB with READ_BODY', async () => {
+    const body = crypto.randomBytes(300 * 1024 + 17);
+    const r = await app.get('/upload', [['CONTENT_LENGTH', String(body.length)], ['CONTENT_TYPE', 'application/octet-stream']],
+      { method: 'POST', body });
+    assert.equal(r.error, null);
+    const got = JSON.parse(r.text);
+    assert.equal(got.length, body.length);
+    assert.equal(got.sha256, sha256(body));
+    assert.equal(got.cl, String(body.length));
+    assert.ok(r.readBodies >= 4, `the rest of the body was pulled (${r.readBodies} READ_BODY)`);
+  });
+
+  it('takes a small body sent whole in the prefix', async () => {
+    const r = await app.get('/upload', [['CONTENT_LENGTH', '5']], { method: 'POST', body: 'hello' });
+    assert.deepEqual(JSON.parse(r.text), { length: 5, sha256: sha256(Buffer.from('hello')), te: null, cl: '5' });
+    assert.equal(r.readBodies, 0);
+  });
+
+  it('takes a chunked upload (no Content-Length), in small pieces', async () => {
+    const body = crypto.randomBytes(150 * 1024);
+    const r = await app.get('/upload', [['HTTP_TRANSFER_ENCODING', 'chunked']],
+      { method: 'POST', body, prefix: 1000, chunk: 7000 });
+    const got = JSON.parse(r.text);
+    assert.equal(got.length, body.length);
+    assert.equal(got.sha256, sha256(body));
+    assert.equal(got.te, 'chunked');
+  });
+
+  it('streams an echo of the body while it is being pulled', async () => {
+    const body = crypto.randomBytes(512 * 1024);
+    const r = await app.get('/echo', [['CONTENT_LENGTH', String(body.length)]], { method: 'POST', body });
+    assert.equal(r.error, null);
+    assert.equal(r.body.length, body.length);
+    assert.ok(r.body.equals(body));
+  });
+
+  it('stops pulling when the app answers without reading the body; the connection goes on', async () => {
+    const conn = await app.connect();
+    const body = crypto.randomBytes(2 * 1024 * 1024);
+    const r = await conn.request(1, cgiEnv('POST', '/early', [['CONTENT_LENGTH', String(body.length)]]), { body });
+    assert.equal(r.status, 200);
+    assert.equal(r.text, 'answered before reading the body');
+    assert.ok(r.readBodies < 16, `pulled ${r.readBodies} chunks of an unread body`);
+    const r2 = await conn.request(2, cgiEnv('GET', '/'));
+    assert.equal(r2.text, 'Hello world\n');
+    conn.sock.destroy();
+  });
+
+  it('answers READ_BODY that crosses the response end, then takes the next request', async () => {
+    // The agent answers the READ_BODY late, after the app has answered.
+    const conn = await app.connect();
+    const body = crypto.randomBytes(200 * 1024);
+    const r = await conn.request(1, cgiEnv('POST', '/early', [['CONTENT_LENGTH', String(body.length)]]),
+      { body, onReadBody: () => sleep(50) });
+    assert.equal(r.status, 200);
+    // The loader must have taken our late BODY without mistaking it.
+    const r2 = await conn.request(2, cgiEnv('GET', '/'));
+    assert.equal(r2.text, 'Hello world\n');
+    conn.sock.destroy();
+  });
+
+  it('refuses a body shorter than its Content-Length', async () => {
+    const r = await app.get('/upload', [['CONTENT_LENGTH', '10']], { method: 'POST', body: 'short' });
+    assert.equal(r.status, null);
+    assert.equal(r.error.code, 400);
+  });
+
+  it('streams a response: each write is a BODY frame sent at once', async () => {
+    const r = await app.get('/stream');
+    assert.equal(r.error, null);
+    assert.equal(r.header('Content-Type'), 'text/event-stream');
+    assert.equal(r.header('Transfer-Encoding'), undefined);
+    assert.deepEqual(r.chunks.map((c) => c.data.toString()), ['data: one\n\n', 'data: two\n\n', 'data: three\n\n']);
+    assert.ok(r.chunks[0].time <= r.responseTime + 100, 'the first event comes with the head');
+    assert.ok(r.chunks[1].time - r.chunks[0].time >= 100, 'the second event comes later');
+    assert.ok(r.endTime - r.chunks[0].time >= 250, 'END comes after the last event');
+  });
+
+  it('keeps repeated headers, the reason phrase and header case', async () => {
+    const r = await app.get('/cookies');
+    assert.equal(r.status, 201);
+    assert.equal(r.reason, 'Very Created');
+    assert.deepEqual(r.headerAll('Set-Cookie'), ['a=1; Path=/', 'b=2; HttpOnly']);
+    assert.deepEqual(r.headerAll('X-Multi'), ['x', 'y']);
+    assert.ok(r.headers.some(([n, v]) => n === 'X-Case' && v === 'MiXeD'));
+    assert.equal(r.header('!~Request-OOB-Work'), '1', 'the OOB request header reaches the agent');
+  });
+
+  it('splits a large response into BODY frames of at most 64 KiB', async () => {
+    const r = await app.get('/big');
+    assert.equal(r.body.length, 200 * 1024);
+    for (const c of r.chunks) assert.ok(c.data.length <= 65536 && c.data.length > 0);
+    for (let i = 0; i < r.body.length; i += 4099) assert.equal(r.body[i], (i * 7) & 0xff);
+  });
+
+  it('sends no body for HEAD and 204', async () => {
+    const head = await app.get('/', [], { method: 'HEAD' });
+    assert.equal(head.status, 200);
+    assert.equal(head.header('Content-Type'), 'text/plain');
+    assert.equal(head.chunks.length, 0);
+    const none = await app.get('/no-content');
+    assert.equal(none.status, 204);
+    assert.equal(none.chunks.length, 0);
+  });
+
+  it('serves concurrent requests on several connections concurrently', async () => {
+    const conns = await Promise.all([app.connect(), app.connect(), app.connect()]);
+    const t0 = Date.now();
+    const rs = await Promise.all(conns.map((c, i) => c.request(i + 1, cgiEnv('GET', '/slow'))));
+    const elapsed = Date.now() - t0;
+    for (const r of rs) assert.equal(r.text, 'slow done');
+    assert.ok(elapsed < 750, `three 400 ms requests took ${elapsed} ms`);
+    for (const c of conns) c.sock.destroy();
+  });
+
+  it('answers ERROR 502 when the app drops the connection before answering', async () => {
+    const r = await app.get('/destroy-before');
+    assert.equal(r.status, null);
+    assert.equal(r.error.code, 502);
+  });
+
+  it('answers ERROR after RESPONSE when the app drops the connection mid-response', async () => {
+    const conn = await app.connect();
+    const r = await conn.request(1, cgiEnv('GET', '/destroy-after'));
+    assert.equal(r.status, 200);
+    assert.equal(r.text, 'partial');
+    assert.ok(r.error, 'ERROR cuts the response short');
+    const r2 = await conn.request(2, cgiEnv('GET', '/'));
+    assert.equal(r2.text, 'Hello world\n', 'the connection goes on');
+    conn.sock.destroy();
+  });
+
+  it('tells the app when the agent drops a connection mid-request', async () => {
+    const conn = await app.connect();
+    conn.send(requestFrame(1, cgiEnv('GET', '/hang')));
+    await sleep(100);
+    conn.sock.destroy();
+    await sleep(100);
+    const r = await app.get('/aborted');
+    assert.ok(Number(r.text) >= 1, `the app saw ${r.text} aborted requests`);
+  });
+
+  it('closes the connection on garbage and keeps serving', async () => {
+    const conn = await app.connect();
+    conn.send(Buffer.from('GET / HTTP/1.0\r\nHost: x\r\n\r\n'));
+    const f = await conn.next();
+    assert.equal(f.type, T.ERROR);
+    assert.equal(f.fields.code, 400);
+    assert.equal(await conn.next(), null, 'then the connection is closed');
+    const r = await app.get('/');
+    assert.equal(r.text, 'Hello world\n');
+  });
+
+  it('answers an unsupported version with ERROR code 1', async () => {
+    const conn = await app.connect();
+    const bad = frame(T.PING, 0);
+    bad[2] = 2;
+    conn.send(bad);
+    const f = await conn.next();
+    assert.equal(f.type, T.ERROR);
+    assert.equal(f.fields.code, 1);
+    assert.equal(await conn.next(), null);
+  });
+
+  it('closes the connection on frames out of place', async () => {
+    for (const bad of [frame(T.BODY, 5, Buffer.from('x')), frame(T.HELLO, 0, Buffer.alloc(13)),
+      requestFrame(1, [], 4), frame(T.END, 1)]) {
+      const conn = await app.connect();
+      conn.send(bad);
+      const f = await conn.next();
+      assert.equal(f && f.type, T.ERROR, `answer to ${bad.toString('hex')}`);
+      assert.equal(await conn.next(), null);
+    }
+    const conn = await app.connect();
+    // A frame of another request in the middle of a request.
+    conn.send(Buffer.concat([requestFrame(1, cgiEnv('POST', '/upload'), 1), frame(T.BODY, 2, Buffer.from('x'))]));
+    const f = await conn.next();
+    assert.equal(f.type, T.ERROR);
+    assert.equal(await conn.next(), null);
+    assert.equal((await app.get('/')).status, 200);
+  });
+
+  it('survives a frame split into single bytes', async () => {
+    const conn = await app.connect();
+    const bytes = Buffer.concat([requestFrame(1, cgiEnv('POST', '/upload', [['CONTENT_LENGTH', '3']]), 1),
+      frame(T.BODY, 1, Buffer.from('abc')), frame(T.END, 1)]);
+    for (let i = 0; i < bytes.length; i++) {
+      conn.sock.write(bytes.subarray(i, i + 1));
+      if (i % 16 === 0) await sleep(1);
+    }
+    const f = await conn.next();
+    assert.equal(f.type, T.RESPONSE);
+    const b = await conn.next();
+    assert.equal(JSON.parse(b.fields.data.toString()).sha256, sha256(Buffer.from('abc')));
+    conn.sock.destroy();
+  });
+
+  it('runs oob_work handlers on OOB_WORK and answers OOB_DONE', async () => {
+    const conn = await app.connect();
+    conn.send(frame(T.OOB_WORK, 0));
+    const t0 = Date.now();
+    const f = await conn.next();
+    assert.equal(f.type, T.OOB_DONE);
+    assert.ok(Date.now() - t0 >= 25, 'OOB_DONE waits for the async handler');
+    const r = await conn.request(1, cgiEnv('GET', '/oob'));
+    assert.equal(r.text, '1');
+    conn.sock.destroy();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// listen() in all its forms
+// ---------------------------------------------------------------------------
+
+describe('listen()', () => {
+  it('an Express-style app.listen(3000, callback)', async () => {
+    const app = await LoaderProcess.start({ 'app.js': EXPRESS_LIKE });
+    try {
+      await app.ready();
+      const r = await app.get('/');
+      assert.equal(r.status, 200);
+      assert.deepEqual(JSON.parse(r.text), { callbackFired: true, address: { address: '::', family: 'IPv6', port: 3000 } });
+      const missing = await app.get('/nope');
+      assert.equal(missing.status, 404);
+      assert.match(app.stdout, /Example app listening on port 3000/);
+    } finally {
+      await app.stop();
+    }
+  });
+
+  const variants = [
+    ['a port number and a host', "server.listen(8080, '127.0.0.1', done);", { address: '127.0.0.1', family: 'IPv4', port: 8080 }],
+    ['a port string', "server.listen('8081', done);", { address: '::', family: 'IPv6', port: 8081 }],
+    ['a pipe path', "server.listen(require('path').join(__dirname, 'never-bound.sock'), done);", 'PIPE'],
+    ['an options object', "server.listen({ port: 8082, host: '::1' }, done);", { address: '::1', family: 'IPv6', port: 8082 }],
+    ['nothing but a callback', 'server.listen(done);', { address: '::', family: 'IPv6', port: 0 }],
+    ["a 'listening' listener and no argument", "server.on('listening', done); server.listen();", { address: '::', family: 'IPv6', port: 0 }],
+    ['later, after a timer', 'setTimeout(() => server.listen(3000, done), 100);', { address: '::', family: 'IPv6', port: 3000 }],
+  ];
+  for (const [what, call, address] of variants) {
+    it(`with ${what}`, async () => {
+      const app = await LoaderProcess.start({ 'app.js': listenVariant(call) });
+      try {
+        await app.ready();
+        const r = await app.get('/');
+        const got = JSON.parse(r.text);
+        if (address === 'PIPE') {
+          assert.equal(got.address, path.join(app.appRoot, 'never-bound.sock'));
+          assert.ok(!fs.existsSync(path.join(app.appRoot, 'never-bound.sock')), 'nothing was bound');
+        } else {
+          assert.deepEqual(got.address, address);
+        }
+        assert.equal(got.listening, true);
+        assert.equal(got.cb, true);
+        assert.ok(got.other && got.other.port > 0, 'a later server listens for real');
+      } finally {
+        await app.stop();
+      }
+    });
+  }
+
+  it("with autoInstall off, only listen('passenger') is the app server", async () => {
+    const app = await LoaderProcess.start({
+      'app.js': `
+const http = require('http');
+PhusionPassenger.configure({ autoInstall: false });
+const admin = http.createServer((req, res) => res.end('admin'));
+admin.listen(0, '127.0.0.1');
+const server = http.createServer((req, res) => res.end('main ' + admin.address().port));
+server.listen('passenger');
+`,
+    });
+    try {
+      await app.ready();
+      const r = await app.get('/');
+      assert.match(r.text, /^main [1-9][0-9]*$/);
+    } finally {
+      await app.stop();
+    }
+  });
+
+  it('an ES module startup file', async () => {
+    const app = await LoaderProcess.start({
+      'server.mjs': `
+import http from 'node:http';
+await new Promise((r) => setTimeout(r, 20));
+http.createServer((req, res) => res.end('esm ' + req.url)).listen(3000);
+`,
+    }, { startupFile: 'server.mjs' });
+    try {
+      await app.ready();
+      assert.equal((await app.get('/x')).text, 'esm /x');
+    } finally {
+      await app.stop();
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Start-up failures
+// ---------------------------------------------------------------------------
+
+describe('spawn errors', () => {
+  async function spawnError(files, opts) {
+    const app = await LoaderProcess.start(files, opts);
+    try {
+      const f = await withTimeout(app.readiness, 10000, 'SPAWN_ERROR');
+      assert.ok(f, `a readiness frame (stderr: ${app.stderr})`);
+      assert.equal(f.name, 'SPAWN_ERROR');
+      const status = await withTimeout(app.exited, 10000, 'exit');
+      assert.equal(status.code, 1);
+      return { summary: text(f.fields.summary), details: f.fields.details.toString('utf8'), stderr: app.stderr };
+    } finally {
+      await app.stop();
+    }
+  }
+
+  it('a startup file that throws: SPAWN_ERROR with the stack', async () => {
+    const e = await spawnError({
+      'app.js': "require('./lib/config');\n",
+      'lib/config.js': "function check() { throw new TypeError('PORT is not configured'); }\ncheck();\n",
+    });
+    assert.equal(e.summary, 'TypeError: PORT is not configured');
+    assert.match(e.details, /lib\/config\.js:1/);
+    assert.match(e.details, /app\.js/);
+    assert.doesNotMatch(e.details, /node-loader\.js/);
+    assert.match(e.stderr, /PORT is not configured/);
+  });
+
+  it('a syntax error', async () => {
+    const e = await spawnError({ 'app.js': 'const x = ;\n' });
+    assert.match(e.summary, /^SyntaxError: /);
+  });
+
+  it('a missing module', async () => {
+    const e = await spawnError({ 'app.js': "require('no-such-module-here');\n" });
+    assert.match(e.summary, /Cannot find module 'no-such-module-here'/);
+  });
+
+  it('a missing startup file', async () => {
+    const e = await spawnError({ 'other.js': '' });
+    assert.match(e.summary, /app\.js does not exist/);
+  });
+
+  it('an error thrown asynchronously before listen()', async () => {
+    const e = await spawnError({ 'app.js': "setTimeout(() => { throw new RangeError('late failure'); }, 20);\n" });
+    assert.equal(e.summary, 'RangeError: late failure');
+  });
+
+  it('an unhandled rejection before listen()', async () => {
+    const e = await spawnError({ 'app.js': "Promise.reject(new Error('no database'));\n" });
+    assert.match(e.summary, /no database/);
+  });
+
+  it('an app that never listens and exits', async () => {
+    const app = await LoaderProcess.start({ 'app.js': "console.log('nothing to do');\n" });
+    try {
+      const f = await withTimeout(app.readiness, 10000, 'SPAWN_ERROR');
+      assert.equal(f.name, 'SPAWN_ERROR');
+      assert.match(text(f.fields.summary), /exited .* before it called listen\(\)/);
+    } finally {
+      await app.stop();
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Lifetime
+// ---------------------------------------------------------------------------
+
+describe('lifetime', () => {
+  it('SIGTERM: the request in progress finishes, then the process exits 0', async () => {
+    const app = await LoaderProcess.start({ 'app.js': KITCHEN_SINK });
+    try {
+      await app.ready();
+      const idle = await app.connect();
+      const conn = await app.connect();
+      const pending = conn.request(1, cgiEnv('GET', '/slow'));
+      await sleep(100);
+      app.child.kill('SIGTERM');
+      const r = await pending;
+      assert.equal(r.text, 'slow done');
+      await withTimeout(idle.closed, 5000, 'the idle connection to close');
+      const status = await withTimeout(app.exited, 5000, 'exit');
+      assert.equal(status.code, 0);
+      await assert.rejects(app.connect(), 'the listening socket is closed');
+    } finally {
+      await app.stop();
+    }
+  });
+
+  it('an uncaught exception in a handler kills the process, as in Node', async () => {
+    const app = await LoaderProcess.start({
+      'app.js': "require('http').createServer(() => { throw new Error('handler boom'); }).listen(3000);\n",
+    });
+    try {
+      await app.ready();
+      const conn = await app.connect();
+      const r = await conn.request(1, cgiEnv('GET', '/'));
+      assert.equal(r.closed, true);
+      const status = await withTimeout(app.exited, 5000, 'exit');
+      assert.notEqual(status.code, 0);
+      assert.match(app.stderr, /handler boom/);
+    } finally {
+      await app.stop();
+    }
+  });
+
+  it('exits when the agent that started it is gone', async () => {
+    // sh plays the agent: the loader is its child; killing sh orphans it.
+    const app = await LoaderProcess.start({ 'app.js': KITCHEN_SINK }, {
+      argv: (loaderPath) => ['/bin/sh', ['-c', `"${process.execPath}" "${loaderPath}" & wait`]],
+    });
+    try {
+      await app.ready();
+      const pid = JSON.parse((await app.get('/info')).text).pid;
+      app.child.kill('SIGKILL');
+      const deadline = Date.now() + 8000;
+      let alive = true;
+      while (alive && Date.now() < deadline) {
+        await sleep(100);
+        try {
+          process.kill(pid, 0);
+        } catch (e) {
+          alive = false;
+        }
+      }
+      assert.equal(alive, false, 'the orphaned loader exited');
+    } finally {
+      await app.stop();
+    }
+  });
+});
