@@ -1533,6 +1533,8 @@ passenger.on_event('oob_work', oob)
 
 def application(environ, start_response):
     REQUESTS[0] += 1
+    if environ['PATH_INFO'] == '/fail':
+        raise ValueError('boom in a worker')
     if environ['PATH_INFO'] == '/print':
         print('printed by worker %d' % os.getpid())
         environ['wsgi.errors'].write('logged by worker %d\n' % os.getpid())
@@ -1566,6 +1568,7 @@ class TestSmartSpawning(LoaderTestCase):
         LoaderTestCase.setUp(self)
         self.workers = []
         self.ctl = None
+        self.ctl_buf = b''
         self.rid = 0
 
     def tearDown(self):
@@ -1609,15 +1612,17 @@ class TestSmartSpawning(LoaderTestCase):
         return data
 
     def read_ctl(self):
-        buf = b''
+        """The next frame from the preloader: (type, rid, payload)."""
+        buf = self.ctl_buf
         while len(buf) < 12 or len(buf) < 12 + struct.unpack('>I', buf[8:12])[0]:
             chunk = self.ctl.recv(65536)
             if not chunk:
                 self.fail('the preloader closed the control socket (got %r)' % buf)
             buf += chunk
         magic, version, ftype, rid, length = HEADER.unpack_from(buf)
-        self.assertEqual((magic, version, len(buf)), (b'MP', 1, 12 + length))
-        return ftype, rid, buf[12:]
+        self.assertEqual((magic, version), (b'MP', 1))
+        self.ctl_buf = buf[12 + length:]
+        return ftype, rid, buf[12:12 + length]
 
     def send_fork(self, fds):
         self.rid += 1
@@ -1750,6 +1755,41 @@ class TestSmartSpawning(LoaderTestCase):
         with open(self.path('loads')) as f:
             self.assertEqual(f.read().split(), [str(self.proc.pid)])
 
+    def test_pipelined_forks(self):
+        # Two FORKs (each one sendmsg with its descriptors) and a PING sent
+        # before any answer is read: each FORK gets its own descriptors.
+        self.start_preloader(SMART_APP)
+        paths, rids, ready, outs = [], [], [], []
+        for n in range(2):
+            paths.append(self.path('pipelined%d.sock' % n))
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(paths[-1])
+            listener.listen(4)
+            rr, rw = os.pipe()
+            orr, ow = os.pipe()
+            os.set_blocking(orr, False)
+            rids.append(self.send_fork([listener.fileno(), rw, ow]))
+            listener.close()
+            os.close(rw)
+            os.close(ow)
+            ready.append(rr)
+            outs.append(orr)
+        self.ctl.sendall(frame(PING, 99))
+        answers = [self.read_ctl() for _ in range(3)]
+        self.assertEqual([(NAMES[t], rid) for t, rid, _ in answers],
+                         [('FORKED', rids[0]), ('FORKED', rids[1]), ('PONG', 99)])
+        for n in range(2):
+            pid = struct.unpack('>I', answers[n][2])[0]
+            w = Worker(pid, paths[n], None, outs[n])
+            self.workers.append(w)
+            self.assertEqual(self.read_readiness(ready[n]), frame(READY, 0, u32(1)))
+            os.close(ready[n])
+            self.assertEqual(self.get(w)[0]['pid'], pid)
+
+    def test_gc_left_disabled_by_the_app_stays_disabled(self):
+        self.start_preloader('import gc\ngc.disable()\n' + SMART_APP)
+        self.assertFalse(self.get(self.fork())[0]['gc_enabled'])
+
     def test_worker_output_goes_to_its_pipe(self):
         self.start_preloader(SMART_APP)
         w = self.fork()
@@ -1763,6 +1803,17 @@ class TestSmartSpawning(LoaderTestCase):
             preloader_out = f.read()
         self.assertIn('printed by the preloader at load time', preloader_out)
         self.assertNotIn('worker', preloader_out)
+
+    def test_worker_tracebacks_are_clean(self):
+        self.start_preloader(SMART_APP)
+        w = self.fork()
+        c = Conn(w.sock_path)
+        self.conns.append(c)
+        self.assertEqual(do_request(c, 1, default_env('GET', '/fail')).status, 500)
+        out = self.output(w, b'boom in a worker')
+        self.assertIn('ValueError: boom in a worker', out)
+        self.assertNotIn('BecomeWorker', out)
+        self.assertNotIn('During handling', out)
 
     def test_ping_and_unexpected_frames(self):
         self.start_preloader(SMART_APP)

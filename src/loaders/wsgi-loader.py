@@ -1500,7 +1500,7 @@ def _rewrap_stdio():
         setattr(sys, name, new)
 
 
-def _become_worker(chan, fds):
+def _become_worker(chan, fds, gc_enabled):
     """In the child of a fork: take the worker's descriptors and reset the state.
 
     The received descriptors are first moved above 10 (one of them may be
@@ -1521,14 +1521,15 @@ def _become_worker(chan, fds):
     os.dup2(output_fd, 2)
     _close_fds(moved)
     _rewrap_stdio()
-    gc.enable()
+    if gc_enabled:
+        gc.enable()
     if 'random' in sys.modules:
         sys.modules['random'].seed()  # workers must not share a random sequence
     State.busy = State.stop = False
     State.responder = None
 
 
-def fork_worker(chan, request_id):
+def fork_worker(chan, request_id, gc_enabled=True):
     """FORK: fork a worker on the descriptors that came with it.
 
     The preloader answers FORKED (the worker's pid) or ERROR and returns
@@ -1563,7 +1564,7 @@ def fork_worker(chan, request_id):
         return
     if pid == 0:
         try:
-            _become_worker(chan, fds)
+            _become_worker(chan, fds, gc_enabled)
         except SystemExit as e:
             os._exit(_exit_code(e))
         except BaseException as exc:
@@ -1574,10 +1575,11 @@ def fork_worker(chan, request_id):
     chan.send(encode_frame(FORKED, request_id, _pack_u32(pid)))
 
 
-def preloader_loop(chan, agent_pid):
+def preloader_loop(chan, agent_pid, gc_enabled=True):
     """Serve the control channel; the preloader's exit status.
 
-    Raises BecomeWorker in a forked worker.
+    Raises BecomeWorker in a forked worker, which re-enables the garbage
+    collector if ``gc_enabled`` (it was on once the app was loaded).
     """
     poller = select.poll()
     poller.register(chan.sock.fileno(), select.POLLIN)
@@ -1602,7 +1604,7 @@ def preloader_loop(chan, agent_pid):
                     pass
             return 1
         if ftype == FORK:
-            fork_worker(chan, rid)
+            fork_worker(chan, rid, gc_enabled)
         elif ftype == PING:
             chan.send(encode_frame(PONG, rid))
         elif ftype == ERROR:
@@ -1643,6 +1645,7 @@ def preloader_main():
         signal.signal(signal.SIGCHLD, _reap_children)
         # No collections in the preloader from here on: they would write to
         # (and so unshare) the pages of the objects the workers inherit.
+        gc_enabled = gc.isenabled()
         gc.disable()
         try:
             write_readiness(encode_frame(READY, 0, _pack_u32(1)))
@@ -1651,15 +1654,17 @@ def preloader_main():
             log('could not report readiness on fd 4: %s; exiting' % (e,))
             code = 1
         else:
-            code = preloader_loop(chan, agent_pid)
+            code = preloader_loop(chan, agent_pid, gc_enabled)
     except BecomeWorker:
-        return _forked_worker_main(app, passenger, preloader_pid, agent_pid)
+        code = None  # outside the except block: no BecomeWorker in tracebacks' context
     except SystemExit as e:
         code = _exit_code(e)
     except OSError as e:
         if e.errno not in (errno.EPIPE, errno.ECONNRESET):
             log('control channel error, the preloader exits: %s' % (e,))
         code = 1
+    if code is None:
+        return _forked_worker_main(app, passenger, preloader_pid, agent_pid)
     # The loaded state belongs to the workers: no atexit handlers or
     # finalizers (a module-level TemporaryDirectory, ...) may run here.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
