@@ -137,6 +137,19 @@ def passenger_root():
     return '/usr/lib/ruby/vendor_ruby/phusion_passenger/locations.ini'
 
 
+def freeze_module(base):
+    """Copies our module and its agent into the run's directory and uses that
+    copy, so a rebuild in the work tree during a long run changes nothing."""
+    global OURS_SO
+    frozen = os.path.join(base, 'ours-build')
+    os.makedirs(frozen)
+    os.chmod(frozen, 0o755)
+    src = os.path.dirname(OURS_SO)
+    for name in ('mod_passenger.so', 'passenger-agent'):
+        shutil.copy2(os.path.join(src, name), os.path.join(frozen, name))
+    OURS_SO = os.path.join(frozen, 'mod_passenger.so')
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -426,6 +439,33 @@ def fd_count(pid):
         return None
 
 
+QUIET_PCT = 10  # other CPU below which the machine counts as quiet
+NOISY_PCT = 20  # a run during which others used more is run again (twice at most)
+
+
+def wait_quiet(max_wait=90):
+    """Waits (at most `max_wait` s) for a second in which the machine is below
+    QUIET_PCT busy: nothing of the benchmark runs in between targets, so all
+    of it is someone else's. Returns the last second's busy share."""
+    hz, cores = os.sysconf('SC_CLK_TCK'), os.cpu_count() or 1
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0 = busy_ticks()
+        time.sleep(1)
+        pct = 100.0 * (busy_ticks() - b0) / (hz * cores)
+        if pct < QUIET_PCT or time.monotonic() > deadline:
+            return round(pct, 1)
+
+
+def target_pids(apache):
+    """Apache, its children, our agent and its apps (or Passenger's, mod_wsgi's)."""
+    pid = apache.pid()
+    pids = ({pid} | descendants(pid)) if pid else set()
+    for agent in apache.agent_pids():
+        pids |= {agent} | descendants(agent)
+    return pids
+
+
 def snapshot(apache):
     """The target's processes by role, with their memory."""
     t = apache.target
@@ -472,7 +512,7 @@ TIME_UNITS = {'us': 0.001, 'ms': 1.0, 's': 1000.0, 'm': 60000.0, 'h': 3600000.0}
 
 def parse_time_ms(text):
     m = re.fullmatch(r'([\d.]+)(us|ms|s|m|h)', text.strip())
-    return float(m.group(1)) * TIME_UNITS[m.group(2)] if m else None
+    return round(float(m.group(1)) * TIME_UNITS[m.group(2)], 4) if m else None
 
 
 def parse_wrk(output):
@@ -511,11 +551,45 @@ def wrk_cmd(port, path, conns, seconds, extra=()):
             f'http://127.0.0.1:{port}{path}']
 
 
-def wrk(port, path, conns, seconds):
+def busy_ticks():
+    """CPU ticks the whole machine spent busy (from /proc/stat)."""
+    with open('/proc/stat') as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return sum(fields[:3]) + sum(fields[5:8])
+
+
+def proc_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def wrk(port, path, conns, seconds, apache=None):
+    """One wrk run. With `apache`, also estimates the share of the machine that
+    processes other than the target and wrk used meanwhile ("other CPU"): two
+    cores shared with anything else make the figures move."""
     cmd = wrk_cmd(port, path, conns, seconds)
+    pids = target_pids(apache) if apache else set()
+    ours0, busy0, t0 = proc_ticks(pids), busy_ticks(), time.monotonic()
+    kids0 = os.times()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    kids1 = os.times()
+    pids |= target_pids(apache) if apache else set()
+    elapsed = time.monotonic() - t0
+    hz = os.sysconf('SC_CLK_TCK')
+    wrk_ticks = (kids1.children_user + kids1.children_system - kids0.children_user - kids0.children_system) * hz
+    other = busy_ticks() - busy0 - (proc_ticks(pids) - ours0) - wrk_ticks
     result = parse_wrk(out.stdout)
     result['cmd'] = ' '.join(cmd)
+    if apache:
+        result['other_cpu_pct'] = round(max(0.0, 100.0 * other / (elapsed * hz * (os.cpu_count() or 1))), 1)
     if result['rps'] is None:
         result['wrk_failed'] = (out.stdout + out.stderr).strip()[-400:]
     return result
@@ -589,6 +663,7 @@ def run_comparison(args):
     chosen = [t for t in targets() if not only or t.name in only]
     base = tempfile.mkdtemp(prefix='mp-bench-')
     os.chmod(base, 0o755)
+    freeze_module(base)
     info = machine()
     log(f'bench: {len(chosen)} targets, {rounds} round(s), {duration} s runs after a {warmup} s warm-up; '
         f'work in {base}')
@@ -604,8 +679,11 @@ def run_comparison(args):
             res = results[t.name]
             if not res['available']:
                 continue
+            res.setdefault('loadavg_before', []).append(round(os.getloadavg()[0], 2))
+            res.setdefault('quiet_before_pct', []).append(wait_quiet())
             apache = Apache(base, t, APP_DIRS.get(t.lang) if t.lang else None)
-            log(f'[round {rnd + 1}/{rounds}] {t.label}: starting Apache on port {apache.port}')
+            log(f'[round {rnd + 1}/{rounds}] {t.label}: starting Apache on port {apache.port} '
+                f'(load average {os.getloadavg()[0]:.2f})')
             cold, why = apache.start()
             if cold is None:
                 left = apache.stop()
@@ -623,10 +701,19 @@ def run_comparison(args):
             log(f'  first 200 after {cold:.3f} s; warm-up {warmup} s at 16 connections')
             res['warmup'].append(wrk(apache.port, t.path, 16, warmup))
             for conns in (16, 1):
-                run = wrk(apache.port, t.path, conns, duration)
+                run = wrk(apache.port, t.path, conns, duration, apache)
+                for _ in range(2):
+                    if run.get('other_cpu_pct', 0) <= NOISY_PCT or 'wrk_failed' in run:
+                        break
+                    log(f'  c{conns}: other processes used {run["other_cpu_pct"]} % of the machine: '
+                        'waiting for a quiet spell and running it again')
+                    res.setdefault('noisy_runs', []).append(run)
+                    wait_quiet()
+                    run = wrk(apache.port, t.path, conns, duration, apache)
                 res['runs'][str(conns)].append(run)
                 log(f'  c{conns}: {run["rps"]} req/s, p50 {run["p50_ms"]} ms, p99 {run["p99_ms"]} ms, '
-                    f'errors {errors_of(run)}' + (f' (wrk: {run["wrk_failed"]})' if 'wrk_failed' in run else ''))
+                    f'errors {errors_of(run)}, other CPU {run["other_cpu_pct"]} %'
+                    + (f' (wrk: {run["wrk_failed"]})' if 'wrk_failed' in run else ''))
                 if conns == 16:
                     res['snapshots'].append(snapshot(apache))
             tail = apache.last_error_line()
@@ -669,6 +756,7 @@ def finish(report):
                 'rps': summarize([r['rps'] for r in runs]),
                 'p50_ms': summarize([r['p50_ms'] for r in runs]),
                 'p99_ms': summarize([r['p99_ms'] for r in runs]),
+                'other_cpu_pct': summarize([r.get('other_cpu_pct') for r in runs]),
             }
         every = res['warmup'] + res['runs']['16'] + res['runs']['1']
         res['errors'] = {
@@ -834,7 +922,10 @@ def markdown(report):
                f'KeepAlive {a["KeepAlive"]} (MaxKeepAliveRequests {a["MaxKeepAliveRequests"]}, '
                f'KeepAliveTimeout {a["KeepAliveTimeout"]}), no access log, LogLevel {a["LogLevel"]}. '
                f'Load: `{s["wrk"]["16"]}` and `{s["wrk"]["1"]}`, each after a {s["warmup_s"]} s warm-up '
-               f'at 16 connections, {s["rounds"]} round(s), targets alternating; median [min..max].')
+               f'at 16 connections, {s["rounds"]} round(s), targets alternating; median [min..max]. '
+               f'"Other CPU" is the largest share of the machine that processes other than the target and '
+               f'wrk used during a counted run (a run above {NOISY_PCT} % is run again, twice at most, after '
+               f'waiting for a quiet second).')
     out.append('')
     out.append('| target | processes × threads allowed | app processes seen after c16 |')
     out.append('|---|---|---|')
@@ -844,11 +935,11 @@ def markdown(report):
         out.append(f'| {res["label"]} | {res["settings"]} | '
                    f'{", ".join(map(str, seen)) if seen else "-"} |')
     out.append('')
-    out.append('| target | conns | req/s | p50 ms | p99 ms | errors |')
-    out.append('|---|---|---|---|---|---|')
+    out.append('| target | conns | req/s | p50 ms | p99 ms | errors | other CPU % |')
+    out.append('|---|---|---|---|---|---|---|')
     for res in t.values():
         if not res['available']:
-            out.append(f'| {res["label"]} | | not available: {md_escape(res["reason"])} | | | |')
+            out.append(f'| {res["label"]} | | not available: {md_escape(res["reason"])} | | | | |')
             continue
         e = res['errors']
         err = e['non2xx'] + e['socket'] + e['wrk_failures'] + e['start_failures']
@@ -859,8 +950,9 @@ def markdown(report):
                         if rps else 'no run')
             p50 = sm['p50_ms']['median'] if sm['p50_ms'] else None
             p99 = sm['p99_ms']['median'] if sm['p99_ms'] else None
+            other = sm['other_cpu_pct']
             out.append(f'| {res["label"]} | {conns} | {rps_text} | {fmt_ms(p50)} | {fmt_ms(p99)} | '
-                       f'{err if conns == "16" else ""} |')
+                       f'{err if conns == "16" else ""} | {fmt_num(other["max"]) if other else "-"} |')
     out.append('')
     out.append('Ratios, ours / theirs (req/s: higher is better for us; latency: lower is better for us):')
     out.append('')
@@ -959,6 +1051,7 @@ def run_soak(args):
     restart_at = 2 * duration / 3
     base = tempfile.mkdtemp(prefix='mp-soak-')
     os.chmod(base, 0o755)
+    freeze_module(base)
     info = machine()
     langs = args.apps.split(',')
     runs = {}
