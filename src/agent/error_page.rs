@@ -74,6 +74,17 @@ pub fn app_failed(kind: &RequestKind) -> Page {
     )
 }
 
+/// The page for a request that ran longer than PassengerMaxRequestTime.
+pub fn request_timed_out(kind: &RequestKind) -> Page {
+    simple(
+        504,
+        "Gateway Timeout",
+        "The application took too long",
+        "The request ran longer than the server allows (PassengerMaxRequestTime) and was stopped.",
+        kind,
+    )
+}
+
 /// A spawn failure: the custom page, the friendly page (error, output,
 /// failed step, user and group), or a plain page with the error id.
 fn spawn_failed(e: &spawn::Error, options: &AppOptions, kind: &RequestKind) -> Page {

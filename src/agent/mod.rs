@@ -17,6 +17,7 @@
 
 pub mod error_page;
 pub mod instance;
+pub mod prestart;
 pub mod server;
 pub mod session;
 
@@ -104,6 +105,7 @@ impl Agent {
         self.spawner.set_policy(user_policy(&config));
         self.pool.set_limits(limits(&config));
         log::debug!(target: "MP0801", "configuration generation {generation} applied");
+        prestart::start(&config.prestart_urls);
         *self.config.lock() = (generation, config);
     }
 

@@ -7,6 +7,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::agent::Agent;
 use crate::agent::error_page::{self, Page, RequestKind};
@@ -225,6 +226,8 @@ fn serve_request(
 
     // A reused connection may have been closed by the app since: if it
     // fails before the app answered anything, retry once on a fresh one.
+    let deadline = (options.max_request_time > 0)
+        .then(|| Instant::now() + Duration::from_secs(options.max_request_time));
     let mut fresh_retry_left = true;
     let mut outcome = RelayOutcome::default();
     loop {
@@ -244,7 +247,7 @@ fn serve_request(
         };
         let sent = send_request(app, id, &app_head, &prefix, &body);
         let result = match sent {
-            Ok(()) => relay(module, app, id, &mut body, &mut outcome),
+            Ok(()) => relay(module, app, id, &mut body, &mut outcome, deadline),
             Err(e) => Err(Relay::AppBroken {
                 answered: false,
                 error: e.to_string(),
@@ -255,8 +258,31 @@ fn serve_request(
                 if outcome.oob {
                     lease.request_oob();
                 }
+                if deadline.is_some() {
+                    // The connection goes back to the idle list: no timeout there.
+                    lease
+                        .connection()
+                        .and_then(|c| c.get_ref().set_read_timeout(None))
+                        .ok();
+                }
                 lease.finish();
                 return Ok(());
+            }
+            Err(Relay::TimedOut { answered }) => {
+                log::warn!(
+                    target: "MP0707",
+                    "a request to process {} of {} ran longer than {} s (PassengerMaxRequestTime): stopping the process",
+                    lease.pid(),
+                    options.app_group_name,
+                    options.max_request_time
+                );
+                lease.discard_connection();
+                lease.kill_process();
+                if answered {
+                    let message = "the request ran longer than PassengerMaxRequestTime".to_owned();
+                    return module.send(id, &Message::Error { code: 504, message });
+                }
+                return send_page(module, id, error_page::request_timed_out(&kind));
             }
             Err(Relay::AppBroken {
                 answered: false, ..
@@ -313,6 +339,11 @@ enum Relay {
     AppBroken { answered: bool, error: String },
     /// The module's connection failed: close it.
     Module(protocol::Error),
+    /// The request ran longer than PassengerMaxRequestTime.
+    TimedOut {
+        /// A response head had been sent.
+        answered: bool,
+    },
 }
 
 /// Relays frames between the app and the module until the response ends.
@@ -322,10 +353,20 @@ fn relay(
     id: u32,
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
+    deadline: Option<Instant>,
 ) -> Result<(), Relay> {
     let mut answered = false;
     let broken = |answered: bool, error: String| Relay::AppBroken { answered, error };
     loop {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Relay::TimedOut { answered });
+            }
+            app.get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| broken(answered, e.to_string()))?;
+        }
         let msg = match app.read_frame() {
             Ok(Some((frame_id, msg))) if frame_id == id => msg,
             Ok(Some((frame_id, _))) => {
@@ -335,6 +376,15 @@ fn relay(
                 ));
             }
             Ok(None) => return Err(broken(answered, "the app closed the connection".into())),
+            Err(protocol::Error::Io(e))
+                if deadline.is_some()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(Relay::TimedOut { answered });
+            }
             Err(e) => return Err(broken(answered, e.to_string())),
         };
         match msg {

@@ -600,8 +600,8 @@ pub const DIRECTIVES: &[Directive] = &[
         "Accepted for compatibility; repeatable. Phusion Passenger stores it and does nothing with it either.")
         .module_only(),
     row(Id::MemoryLimit, "PassengerMemoryLimit", App, int(0, SIZE, "MB"), Is("0"), "memory_limit", "512",
-        "Restarts a process (after its current request) whose memory use exceeds this many megabytes; 0 means no limit.")
-        .status(Status::Enterprise),
+        "Restarts a process (after its current request) whose memory use exceeds this many megabytes; 0 means no \
+         limit. Enterprise-only in Phusion Passenger."),
     row(Id::MaxInstances, "PassengerMaxInstances", App, int(0, COUNT, "processes"), Is("0"), "max_instances", "4",
         "The most processes of this application; 0 means no limit of its own. Enterprise-only \
          in Phusion Passenger."),
@@ -658,8 +658,8 @@ pub const DIRECTIVES: &[Directive] = &[
         .module_only(),
     row(Id::MaxRequestTime, "PassengerMaxRequestTime", Location(All), int(0, SECONDS, "seconds"), Is("0"),
         "max_request_time", "60",
-        "Kills a process whose request takes longer than this; 0 means no limit.")
-        .status(Status::Enterprise),
+        "Kills a process whose request takes longer than this (SIGTERM, then SIGKILL after 2 s) and answers \
+         504; 0 means no limit. Enterprise-only in Phusion Passenger."),
     row(Id::MaxRequestQueueTime, "PassengerMaxRequestQueueTime", Location(All), int(0, SECONDS, "seconds"), Is("0"),
         "max_request_queue_time", "10",
         "Answers 504 to a request that waited longer than this for a process; 0 means no limit. \

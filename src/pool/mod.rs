@@ -41,6 +41,9 @@ pub type AppConnection = Connection<UnixStream>;
 /// How long a process told to stop may take before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a process whose request overran gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
 /// Pool-wide limits (from the server configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -137,6 +140,8 @@ struct Group {
     generation: u64,
     processes: Vec<Process>,
     spawning: bool,
+    /// The last spawn attempt failed.
+    last_spawn_failed: bool,
     waiters: VecDeque<Waiter>,
 }
 
@@ -234,6 +239,12 @@ impl Lease {
     pub fn request_oob(&mut self) {
         self.oob = true;
     }
+
+    /// Stops this lease's process at once (SIGTERM, SIGKILL after a short
+    /// grace): its request overran PassengerMaxRequestTime.
+    pub fn kill_process(&self) {
+        self.pool.kill(&self.group, self.process_id);
+    }
 }
 
 impl Drop for Lease {
@@ -304,6 +315,7 @@ impl Pool {
                 generation: 0,
                 processes: Vec::new(),
                 spawning: false,
+                last_spawn_failed: false,
                 waiters: VecDeque::new(),
             });
             let reason = if needs_restart(&group.options, options) {
@@ -431,8 +443,10 @@ impl Pool {
         // A sole process that wants out-of-band work gets a stand-in first,
         // so requests are never all blocked.
         let oob_needs_company = live == 1 && group.processes.iter().any(|p| p.oob_pending);
-        let wanted =
-            (!group.waiters.is_empty() && busy) || (live < min && live > 0) || oob_needs_company;
+        // Keeping PassengerMinInstances up never retries a failing app by
+        // itself: only a request does.
+        let below_min = live < min && !group.last_spawn_failed;
+        let wanted = (!group.waiters.is_empty() && busy) || below_min || oob_needs_company;
         if !wanted {
             return;
         }
@@ -532,6 +546,7 @@ impl Pool {
                 return;
             };
             group.spawning = false;
+            group.last_spawn_failed = result.is_err();
             match result {
                 Ok(spawned) if group.generation == generation && !shutting_down => {
                     let pool = self.me.clone();
@@ -711,6 +726,24 @@ impl Pool {
         self.run(deferred);
     }
 
+    /// Takes a process out of rotation and stops it without waiting for
+    /// its requests.
+    fn kill(&self, name: &str, process_id: u64) {
+        let handle = {
+            let mut state = self.state.lock();
+            let Some(group) = state.groups.get_mut(name) else {
+                return;
+            };
+            let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else {
+                return;
+            };
+            process.detached = true;
+            process.idle.clear();
+            Arc::clone(&process.handle)
+        };
+        handle.terminate(KILL_GRACE);
+    }
+
     /// Called when a process exited, expectedly or not.
     fn process_exited(&self, name: &str, process_id: u64) {
         let mut deferred = Deferred::default();
@@ -775,6 +808,53 @@ impl Pool {
         }
         self.run(deferred);
         self.spawner.collect_idle();
+        self.enforce_memory_limits();
+    }
+
+    /// Replaces processes whose resident memory exceeds PassengerMemoryLimit:
+    /// they leave the rotation and stop after their current request. Memory
+    /// is read outside the lock.
+    fn enforce_memory_limits(&self) {
+        let watched: Vec<(String, u64, i32, u64)> = {
+            let state = self.state.lock();
+            state
+                .groups
+                .iter()
+                .filter(|(_, g)| g.options.memory_limit > 0)
+                .flat_map(|(name, g)| {
+                    g.processes
+                        .iter()
+                        .filter(|p| !p.detached)
+                        .map(move |p| (name.clone(), p.id, p.handle.pid(), g.options.memory_limit))
+                })
+                .collect()
+        };
+        let over: Vec<(String, u64, i32, u64, u64)> = watched
+            .into_iter()
+            .filter_map(|(name, id, pid, limit_mb)| {
+                let rss_mb = resident_mb(pid)?;
+                (rss_mb > limit_mb).then_some((name, id, pid, rss_mb, limit_mb))
+            })
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        let mut deferred = Deferred::default();
+        {
+            let mut state = self.state.lock();
+            for (name, id, pid, rss_mb, limit_mb) in over {
+                let Some(group) = state.groups.get_mut(&name) else {
+                    continue;
+                };
+                log::info!(
+                    target: "MP0409",
+                    "process {pid} of {name} uses {rss_mb} MB, over PassengerMemoryLimit {limit_mb} MB: replacing it after its current request"
+                );
+                detach(group, id, &mut deferred);
+                self.plan_spawn(&mut state, &name, &mut deferred);
+            }
+        }
+        self.run(deferred);
     }
 
     /// Stops every process and refuses further checkouts. Returns when all
@@ -863,6 +943,16 @@ pub struct ProcessSnapshot {
     pub detached: bool,
     /// Time since it last finished a request.
     pub idle_for: Duration,
+}
+
+/// A process's resident memory in MB (from /proc), if it can be read.
+fn resident_mb(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()? as u64;
+    Some(pages * page_size / (1024 * 1024))
 }
 
 /// Whether new options change how the app's processes are started.
@@ -1070,7 +1160,15 @@ mod tests {
         let (pool, spawner) = pool(2);
         let pid = pool.checkout(&options("/app", &[])).unwrap().pid();
         spawner.handles.lock()[0].kill();
-        eventually("the dead process to leave the pool", || live(&pool) == 0);
+        // PassengerMinInstances (1) brings a replacement up without a request.
+        eventually("a replacement for the dead process", || {
+            let pids: Vec<i32> = pool
+                .snapshot()
+                .iter()
+                .flat_map(|g| g.processes.iter().map(|p| p.pid))
+                .collect();
+            pids.len() == 1 && pids[0] != pid
+        });
         let again = pool.checkout(&options("/app", &[])).unwrap();
         assert_ne!(again.pid(), pid);
         drop(again);

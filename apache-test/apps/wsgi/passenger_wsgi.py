@@ -13,6 +13,9 @@ warnings.simplefilter('error')
 # spawning it is loaded once by the preloader, and forked workers share it.
 LOADS = [os.getpid()]
 
+# Memory held on purpose by /hog (PassengerMemoryLimit tests).
+HOG = []
+
 # Out-of-band work: /oob?<marker file> asks for it; the handler appends the
 # pid of the process that ran it to the marker file.
 OOB_MARKER = []
@@ -114,6 +117,10 @@ def app(environ, start_response):
         passenger.request_oob_work()
         start_response('200 OK', [('Content-Type', 'text/plain')])
         return [('%d' % os.getpid()).encode()]
+    if path == '/hog':
+        HOG.append(bytearray(64 * 1024 * 1024))
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return [b'hogging']
     if path == '/crash':
         os._exit(3)
     if path == '/big':
