@@ -575,12 +575,12 @@ mod tests {
 
     #[test]
     fn enterprise_obsolete_and_removed_directives() {
-        let d = directive(Id::MemoryLimit);
-        let w = check(d, d.name, at(Section::Directory), &["100"])
+        let d = directive(Id::RollingRestarts);
+        let w = check(d, d.name, at(Section::Directory), &["on"])
             .unwrap()
             .warnings;
         assert!(
-            w[0].starts_with("MP1002: PassengerMemoryLimit is accepted but not active yet"),
+            w[0].starts_with("MP1002: PassengerRollingRestarts is accepted but not active yet"),
             "{w:?}"
         );
         assert!(err(Id::MemoryLimit, at(Section::Directory), &["lots"]).contains("whole number"));
