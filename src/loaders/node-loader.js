@@ -439,6 +439,17 @@ class MemorySocket extends Duplex {
     cb(err);
   }
 
+  /** end() on an end already finished does nothing (Node's http server
+   *  ends its socket twice; a stream would build an error object each time). */
+  end(chunk, encoding, cb) {
+    if (this.writableFinished && (chunk == null || typeof chunk === 'function')) {
+      const done = typeof chunk === 'function' ? chunk : typeof encoding === 'function' ? encoding : cb;
+      if (typeof done === 'function') process.nextTick(done, null);
+      return this;
+    }
+    return super.end(chunk, encoding, cb);
+  }
+
   _touch() {
     if (this[kTimer] !== null) this[kTimer].refresh();
   }
@@ -651,7 +662,7 @@ class Exchange {
     const [clientSide, serverSide] = MemorySocket.pair();
     serverSide.remoteAddress = spec.remoteAddress;
     serverSide.remotePort = spec.remotePort;
-    serverSide.remoteFamily = net.isIPv6(spec.remoteAddress) ? 'IPv6' : 'IPv4';
+    serverSide.remoteFamily = spec.remoteAddress.includes(':') ? 'IPv6' : 'IPv4';
     serverSide.localAddress = spec.localAddress;
     serverSide.localPort = spec.localPort;
     if (spec.https) serverSide.encrypted = true;
@@ -808,6 +819,7 @@ class Exchange {
     if (this.finished) return;
     this.finished = true;
     this.conn.send(frameHeader(T.END, this.rid, 0));
+    this.conn.flush();
     this.conn.maybeIdle();
   }
 
@@ -816,7 +828,10 @@ class Exchange {
   fail(code, message) {
     if (this.finished) return;
     this.finished = true;
-    if (!this.conn.closed) this.conn.send(encodeError(code, message, this.rid));
+    if (!this.conn.closed) {
+      this.conn.send(encodeError(code, message, this.rid));
+      this.conn.flush();
+    }
     this.teardown();
     this.conn.maybeIdle();
   }
@@ -851,10 +866,7 @@ class AgentConnection {
     this.payloadHave = 0;
     this.corked = false;
     this.drainWaiters = [];
-    this.uncork = () => {
-      this.corked = false;
-      if (!this.sock.destroyed) this.sock.uncork();
-    };
+    this.uncork = () => this.flush();
     sock.on('data', (chunk) => this.onData(chunk));
     sock.on('drain', () => {
       const waiters = this.drainWaiters;
@@ -870,6 +882,15 @@ class AgentConnection {
   }
 
   // -- sending -----------------------------------------------------------
+
+  /** Write what was queued now (at the end of a response, so that an app
+   *  that exits right after its last response does not lose our END). */
+  flush() {
+    if (this.corked) {
+      this.corked = false;
+      if (!this.sock.destroyed) this.sock.uncork();
+    }
+  }
 
   /** Queue a frame; frames of one event-loop turn go out in one write. */
   send(buf) {
@@ -1061,6 +1082,7 @@ class AgentConnection {
       this.oob = false;
       state.inflight--;
       this.send(frameHeader(T.OOB_DONE, rid, 0));
+      this.flush();
       if (state.stopping) this.end();
       checkDrained();
     });
@@ -1377,6 +1399,10 @@ function main() {
   http.Server.prototype.listen = listen;
   process.on('uncaughtException', onUncaughtBeforeReady);
   process.on('exit', onExitBeforeReady);
+  process.on('exit', () => {
+    // Whatever exits the process, frames already queued go out first.
+    for (const conn of state.connections) conn.flush();
+  });
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
   try {

@@ -1213,6 +1213,57 @@ describe('lifetime', () => {
     }
   });
 
+  it("SIGTERM with the app's own handler: server.close(cb) waits for the request, the app exits", async () => {
+    const app = await LoaderProcess.start({
+      'app.js': `
+const http = require('http');
+const server = http.createServer((req, res) => setTimeout(() => res.end('slow done'), 300));
+server.listen(3000);
+process.on('SIGTERM', () => server.close(() => {
+  console.log('closed cleanly');
+  process.exit(0);
+}));
+`,
+    });
+    try {
+      await app.ready();
+      const conn = await app.connect();
+      const pending = conn.request(1, cgiEnv('GET', '/'));
+      await sleep(100);
+      app.child.kill('SIGTERM');
+      const r = await pending;
+      assert.equal(r.text, 'slow done', 'END arrived before the app exited');
+      const status = await withTimeout(app.exited, 5000, 'exit');
+      assert.equal(status.code, 0);
+      assert.match(app.stdout, /closed cleanly/);
+    } finally {
+      await app.stop();
+    }
+  });
+
+  it('an app that closes its server stops taking requests and exits by itself', async () => {
+    const app = await LoaderProcess.start({
+      'app.js': `
+const http = require('http');
+const server = http.createServer((req, res) => {
+  res.end('bye');
+  server.close(() => console.log('server closed'));
+});
+server.listen(3000);
+`,
+    });
+    try {
+      await app.ready();
+      const r = await app.get('/');
+      assert.equal(r.text, 'bye');
+      const status = await withTimeout(app.exited, 5000, 'exit');
+      assert.equal(status.code, 0);
+      assert.match(app.stdout, /server closed/);
+    } finally {
+      await app.stop();
+    }
+  });
+
   it('an uncaught exception in a handler kills the process, as in Node', async () => {
     const app = await LoaderProcess.start({
       'app.js': "require('http').createServer(() => { throw new Error('handler boom'); }).listen(3000);\n",
