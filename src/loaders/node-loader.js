@@ -546,6 +546,8 @@ function buildRequest(flags, env) {
   const cgi = Object.create(null);
   const headers = Object.create(null);
   let forwardedFor = null;
+  let altType; // HTTP_CONTENT_TYPE / HTTP_CONTENT_LENGTH: only if CONTENT_* are absent
+  let altLength;
   for (let i = 0; i < env.length; i++) {
     const name = env[i][0];
     const value = env[i][1];
@@ -555,9 +557,12 @@ function buildRequest(flags, env) {
         forwardedFor = forwardedFor === null ? value : `${forwardedFor}, ${value}`;
         continue;
       }
-      if (name === 'HTTP_CONTENT_LENGTH' || name === 'HTTP_CONTENT_TYPE') {
-        const key = name.slice(5);
-        if (!(key in cgi)) cgi['ALT_' + key] = value;
+      if (name === 'HTTP_CONTENT_LENGTH') {
+        altLength = value;
+        continue;
+      }
+      if (name === 'HTTP_CONTENT_TYPE') {
+        altType = value;
         continue;
       }
       const header = headerName(name);
@@ -574,10 +579,9 @@ function buildRequest(flags, env) {
     target = encodePath(p.startsWith('/') ? p : '/' + p);
     if (cgi.QUERY_STRING) target += '?' + cgi.QUERY_STRING;
   }
-  const contentType = cgi.CONTENT_TYPE !== undefined ? cgi.CONTENT_TYPE : cgi.ALT_CONTENT_TYPE;
+  const contentType = cgi.CONTENT_TYPE !== undefined ? cgi.CONTENT_TYPE : altType;
   if (contentType !== undefined) headers['Content-Type'] = contentType;
-  let contentLength = cgi.CONTENT_LENGTH !== undefined ? cgi.CONTENT_LENGTH
-    : cgi.ALT_CONTENT_LENGTH;
+  let contentLength = cgi.CONTENT_LENGTH !== undefined ? cgi.CONTENT_LENGTH : altLength;
   if (contentLength !== undefined) {
     if (!/^[0-9]{1,15}$/.test(contentLength)) {
       throw new Error(`invalid Content-Length ${JSON.stringify(contentLength)}`);
@@ -1355,6 +1359,7 @@ function stop(why, exit) {
 
 function checkDrained() {
   if (!state.stopping || state.inflight > 0 || state.connections.size > 0) return;
+  if (!state.exitWhenDrained) return; // the app closes its server and exits itself
   if (state.appServer !== null && state.appServer._handle) {
     // The app's server closes too ('close' fires: the app can clean up).
     try {
@@ -1363,7 +1368,7 @@ function checkDrained() {
       // ignore
     }
   }
-  if (state.exitWhenDrained) setImmediate(() => process.exit(0));
+  setImmediate(() => process.exit(0));
 }
 
 function onSignal(signal) {

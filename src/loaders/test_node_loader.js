@@ -450,6 +450,7 @@ let listeningEvent = false;
 let listenCallback = false;
 let aborted = 0;
 let oobRuns = 0;
+const flooded = { pushedBack: false };
 PhusionPassenger.on('oob_work', async () => {
   await new Promise((r) => setTimeout(r, 30));
   oobRuns++;
@@ -516,6 +517,23 @@ const routes = {
     res.on('close', () => { if (!res.writableFinished) aborted++; });
   },
   '/aborted': (req, res) => res.end(String(aborted)),
+  '/flood': (req, res) => {
+    const chunk = Buffer.alloc(64 * 1024, 120);
+    let sent = 0;
+    const pump = () => {
+      while (sent < 8 * 1024 * 1024) {
+        sent += chunk.length;
+        if (!res.write(chunk)) {
+          flooded.pushedBack = true;
+          res.once('drain', pump);
+          return;
+        }
+      }
+      res.end();
+    };
+    pump();
+  },
+  '/flood-stats': (req, res) => res.end(JSON.stringify(flooded)),
   '/oob': (req, res) => res.end(String(oobRuns)),
   '/no-content': (req, res) => { res.statusCode = 204; res.end(); },
   '/destroy-before': (req, res) => { req.socket.destroy(); },
@@ -917,6 +935,23 @@ describe('a plain http.createServer app', () => {
     for (let i = 0; i < r.body.length; i += 4099) assert.equal(r.body[i], (i * 7) & 0xff);
   });
 
+  it('passes back-pressure from a slow agent on to the app', async () => {
+    const conn = await app.connect();
+    conn.sock.pause(); // the agent does not read for a while
+    conn.send(requestFrame(1, cgiEnv('GET', '/flood')));
+    await sleep(300);
+    conn.sock.resume();
+    let total = 0;
+    for (;;) {
+      const f = await conn.next();
+      if (f.type === T.BODY) total += f.fields.data.length;
+      if (f.type === T.END || f.type === T.ERROR) break;
+    }
+    conn.sock.destroy();
+    assert.equal(total, 8 * 1024 * 1024);
+    assert.deepEqual(JSON.parse((await app.get('/flood-stats')).text), { pushedBack: true });
+  });
+
   it('sends no body for HEAD and 204', async () => {
     const head = await app.get('/', [], { method: 'HEAD' });
     assert.equal(head.status, 200);
@@ -1236,6 +1271,30 @@ process.on('SIGTERM', () => server.close(() => {
       const status = await withTimeout(app.exited, 5000, 'exit');
       assert.equal(status.code, 0);
       assert.match(app.stdout, /closed cleanly/);
+    } finally {
+      await app.stop();
+    }
+  });
+
+  it("SIGTERM while idle with the app's own handler: its server.close(cb) gets no error", async () => {
+    const app = await LoaderProcess.start({
+      'app.js': `
+const http = require('http');
+const server = http.createServer((req, res) => res.end('ok'));
+server.listen(3000);
+process.on('SIGTERM', () => server.close((err) => {
+  console.log('close callback', err ? err.code : 'ok');
+  process.exit(err ? 3 : 0);
+}));
+`,
+    });
+    try {
+      await app.ready();
+      assert.equal((await app.get('/')).text, 'ok');
+      app.child.kill('SIGTERM');
+      const status = await withTimeout(app.exited, 5000, 'exit');
+      assert.match(app.stdout, /close callback ok/);
+      assert.equal(status.code, 0);
     } finally {
       await app.stop();
     }
