@@ -134,3 +134,26 @@ fn pre_start_spawns_the_app_without_a_request() {
         apache.error_log()
     );
 }
+
+#[test]
+fn a_request_whose_client_left_while_queued_is_never_dispatched() {
+    let apache = apache("", "PassengerMaxPoolSize 1");
+    pid(&apache);
+    let busy = background(&apache, "/slow?2.5");
+    std::thread::sleep(Duration::from_millis(200));
+    {
+        let mut gone = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+        gone.write_all(b"GET /errors HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(busy.join().unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !apache.error_log().contains("message to wsgi.errors"),
+        "{}",
+        apache.error_log()
+    );
+    assert_eq!(apache.get("/errors").text(), "logged");
+    assert!(apache.wait_for_log("message to wsgi.errors", Duration::from_secs(5)));
+}

@@ -113,6 +113,9 @@ typedef struct mp_request_io {
     /* Writes response body bytes; flush != 0 pushes them to the client now.
      * Returns 0, or -1 if the client is gone. */
     int32_t (*write_body)(void *ctx, const uint8_t *buf, size_t len, int32_t flush);
+    /* Returns non-zero when the client has closed its connection (checked
+     * while the request waits for the application; never blocks). */
+    int32_t (*client_gone)(void *ctx);
 } mp_request_io;
 
 /* The Rust side's decision about one request, with the request's location

@@ -5,6 +5,8 @@
  */
 
 #include "httpd.h"
+#include <poll.h>
+
 #include "http_config.h"
 #include "http_core.h"
 #include "http_log.h"
@@ -145,6 +147,22 @@ static int32_t mp_write_body(void *vctx, const uint8_t *buf, size_t len, int32_t
     return r->connection->aborted ? -1 : 0;
 }
 
+static int32_t mp_client_gone(void *vctx)
+{
+    mp_io_ctx *ctx = vctx;
+    conn_rec *c = ctx->r->connection;
+    if (c->aborted) {
+        return 1;
+    }
+    apr_socket_t *sock = ap_get_conn_socket(c);
+    apr_os_sock_t fd;
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+        return 0;
+    }
+    struct pollfd pfd = {fd, POLLRDHUP, 0};
+    return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 /* -------------------------------------------------------------- handler -- */
 
 int mp_bridge_handle(request_rec *r, mp_request_state *state)
@@ -158,7 +176,7 @@ int mp_bridge_handle(request_rec *r, mp_request_state *state)
     req.has_body = ap_should_client_block(r);
 
     mp_io_ctx ctx = {r, apr_brigade_create(r->pool, r->connection->bucket_alloc)};
-    mp_request_io io = {&ctx, mp_read_body, mp_send_head, mp_write_body};
+    mp_request_io io = {&ctx, mp_read_body, mp_send_head, mp_write_body, mp_client_gone};
     uint32_t http_status = HTTP_INTERNAL_SERVER_ERROR;
     mp_status st = mp_handle_request(state->match, &req, &io, &http_status);
 

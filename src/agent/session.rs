@@ -218,6 +218,12 @@ fn serve_request(
         Ok(lease) => lease,
         Err(e) => return answer_checkout_error(module, id, &e, &options, &kind),
     };
+    if lease.waited() && peer_gone(module) {
+        // Never dispatch a request whose client gave up while it was queued.
+        // The connection's end is read next, and closes it quietly.
+        log::debug!(target: "MP0708", "dropping a queued request of {}: its client went away", options.app_group_name);
+        return Ok(());
+    }
     let app_head = RequestHead {
         flags: head.flags,
         options: Vec::new(),
@@ -321,6 +327,24 @@ fn send_request(
         );
     }
     app.flush()
+}
+
+/// Whether the module closed its end (it sends nothing while it waits for
+/// a response, so anything readable is the end of the connection).
+fn peer_gone(module: &ModuleConnection) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stream = module.get_ref();
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) == 0 {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+    matches!(
+        nix::sys::socket::recv(std::os::fd::AsRawFd::as_raw_fd(stream), &mut byte, flags),
+        Ok(0) | Err(_)
+    )
 }
 
 /// The response header by which an app asks for out-of-band work.

@@ -316,6 +316,15 @@ impl RequestIo for Bridge<'_> {
         }
     }
 
+    fn client_gone(&mut self) -> bool {
+        let Some(gone) = self.io.client_gone else {
+            return false;
+        };
+        // SAFETY: the callback only polls the client socket; ctx is the
+        // shim's, valid during mp_handle_request.
+        unsafe { gone(self.io.ctx) != 0 }
+    }
+
     fn write_body(&mut self, data: &[u8], flush: bool) -> io::Result<()> {
         let Some(write) = self.io.write_body else {
             return Err(io::Error::other("no write_body"));

@@ -25,6 +25,19 @@ pub type AgentConnection = Connection<UnixStream>;
 /// by the children it forks afterwards.
 static AGENT_SOCKET: RwLock<Option<PathBuf>> = RwLock::new(None);
 
+/// How often a worker waiting for the agent checks whether its client is
+/// still there (a read timeout on the agent connection; on expiry the
+/// handler checks the client and keeps waiting).
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether an I/O error is the read timeout expiring.
+pub fn is_wait_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// How long a worker keeps trying to reach an agent that is restarting.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -100,6 +113,7 @@ fn is_transient(e: &io::Error) -> bool {
 
 /// Sends HELLO and waits for HELLO_OK.
 pub fn handshake(stream: UnixStream, role: Role) -> io::Result<AgentConnection> {
+    stream.set_read_timeout(Some(CLIENT_CHECK_INTERVAL))?;
     let mut conn = Connection::new(stream);
     let hello = Message::Hello {
         role,

@@ -29,6 +29,8 @@ pub trait RequestIo {
     fn send_head(&mut self, status: u16, reason: &[u8], headers: &Pairs) -> io::Result<()>;
     /// Writes response body bytes, pushing them to the client when `flush`.
     fn write_body(&mut self, data: &[u8], flush: bool) -> io::Result<()>;
+    /// Whether the client has closed its connection (never blocks).
+    fn client_gone(&mut self) -> bool;
 }
 
 /// How a request ended.
@@ -166,6 +168,15 @@ fn exchange(
             Ok(Some((id, _))) => {
                 log::error!(target: "MP0205", "the agent answered with request id {id}, expected {ID}");
                 return finish_broken(started);
+            }
+            Err(crate::protocol::Error::Io(e)) if client::is_wait_timeout(&e) => {
+                // Nothing from the agent for a while: a good moment to see
+                // whether anyone is still waiting for this response.
+                if io.client_gone() {
+                    log::debug!(target: "MP0208", "the client went away while the request waited");
+                    return Exchange::Finished(Outcome::Aborted, false);
+                }
+                continue;
             }
             Ok(None) if !answered => {
                 return Exchange::Broken("the agent closed the connection".into());

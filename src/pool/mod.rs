@@ -198,6 +198,8 @@ pub struct Lease {
     reusable: bool,
     /// The response asked for out-of-band work (`!~Request-OOB-Work`).
     oob: bool,
+    /// The request waited in the queue before it got this slot.
+    waited: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -233,6 +235,11 @@ impl Lease {
     /// Marks the request as cleanly finished: the connection is kept.
     pub fn finish(mut self) {
         self.reusable = true;
+    }
+
+    /// Whether the request waited in the queue for this slot.
+    pub fn waited(&self) -> bool {
+        self.waited
     }
 
     /// The app asked for out-of-band work once this request is done.
@@ -343,14 +350,18 @@ impl Pool {
             receiver
         };
         self.run(deferred);
-        match max_wait {
+        let result = match max_wait {
             None => receiver.recv().unwrap_or(Err(CheckoutError::ShuttingDown)),
             Some(limit) => match receiver.recv_timeout(limit) {
                 Ok(result) => result,
                 Err(RecvTimeoutError::Timeout) => Err(CheckoutError::QueueTimeout),
                 Err(RecvTimeoutError::Disconnected) => Err(CheckoutError::ShuttingDown),
             },
-        }
+        };
+        result.map(|mut lease| {
+            lease.waited = true;
+            lease
+        })
     }
 
     /// Checks the app's restart files when PassengerStatThrottleRate allows
@@ -409,6 +420,7 @@ impl Pool {
             conn: process.idle.pop(),
             reusable: false,
             oob: false,
+            waited: false,
         })
     }
 
