@@ -698,7 +698,12 @@ class Exchange {
         }
       });
     }
-    server.emit('connection', serverSide);
+    try {
+      server.emit('connection', serverSide);
+    } catch (e) {
+      // The app's own 'connection' listener threw: uncaught, as in Node.
+      process.nextTick(() => { throw e; });
+    }
   }
 
   /** Run `fn`; a loader bug fails this request, never the process. */
@@ -811,6 +816,8 @@ class Exchange {
 
   onClientError(err) {
     if (this.finished) return;
+    // The whole response arrived ('end' is only pending): it stands.
+    if (this.response !== null && this.response.complete) return;
     if (!this.answered) {
       this.fail(ERROR_BAD_GATEWAY, 'the application closed the connection without a response'
         + (err && err.message ? ` (${err.message})` : ''));
@@ -911,7 +918,7 @@ class AgentConnection {
   sendBody(rid, data) {
     let ok = true;
     for (let off = 0; off < data.length; off += MAX_BODY_CHUNK) {
-      const piece = data.length - off <= MAX_BODY_CHUNK && off === 0
+      const piece = off === 0 && data.length <= MAX_BODY_CHUNK
         ? data : data.subarray(off, off + MAX_BODY_CHUNK);
       this.send(frameHeader(T.BODY, rid, piece.length));
       ok = this.send(piece);
