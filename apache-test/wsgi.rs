@@ -230,6 +230,7 @@ fn a_dying_process_gives_502_and_is_replaced() {
     let mut apache = wsgi_apache("");
     apache.allow("MP0406");
     apache.allow("MP0705");
+    apache.allow("MP0709");
     assert_eq!(apache.get("/").status, 200);
     assert_eq!(apache.get("/crash").status, 502);
     let response = apache.get("/");

@@ -214,62 +214,41 @@ fn serve_request(
         }
     };
     let kind = RequestKind::of(&head.env);
-    let mut lease = match agent.pool.checkout(&options) {
-        Ok(lease) => lease,
-        Err(e) => return answer_checkout_error(module, id, &e, &options, &kind),
-    };
-    if lease.waited() && peer_gone(module) {
-        // Never dispatch a request whose client gave up while it was queued.
-        // The connection's end is read next, and closes it quietly.
-        log::debug!(target: "MP0708", "dropping a queued request of {}: its client went away", options.app_group_name);
-        return Ok(());
-    }
     let app_head = RequestHead {
         flags: head.flags,
         options: Vec::new(),
         env: head.env,
     };
-
-    // A reused connection may have been closed by the app since: if it
-    // fails before the app answered anything, retry once on a fresh one.
     let deadline = (options.max_request_time > 0)
         .then(|| Instant::now() + Duration::from_secs(options.max_request_time));
-    let mut fresh_retry_left = true;
     let mut outcome = RelayOutcome::default();
-    loop {
-        let reused = lease.has_connection();
-        let app = match lease.connection() {
-            Ok(app) => app,
-            Err(e) => {
-                return app_failed(
-                    module,
-                    id,
-                    &mut lease,
-                    false,
-                    &format!("cannot connect: {e}"),
-                    &kind,
-                );
-            }
+    // A process that fails before it answered anything (it died after its
+    // last request, say) is taken out of the pool and the request goes to
+    // another one, as long as no body beyond the prefix was pulled.
+    for attempt in 1..=MAX_ATTEMPTS {
+        let mut lease = match agent.pool.checkout(&options) {
+            Ok(lease) => lease,
+            Err(e) => return answer_checkout_error(module, id, &e, &options, &kind),
         };
-        let sent = send_request(app, id, &app_head, &prefix, &body);
-        let result = match sent {
-            Ok(()) => relay(module, app, id, &mut body, &mut outcome, deadline),
-            Err(e) => Err(Relay::AppBroken {
-                answered: false,
-                error: e.to_string(),
-            }),
-        };
-        match result {
+        if lease.waited() && peer_gone(module) {
+            // Never dispatch a request whose client gave up while it was queued.
+            // The connection's end is read next, and closes it quietly.
+            log::debug!(target: "MP0708", "dropping a queued request of {}: its client went away", options.app_group_name);
+            return Ok(());
+        }
+        match dispatch(
+            module,
+            &mut lease,
+            id,
+            &app_head,
+            &prefix,
+            &mut body,
+            &mut outcome,
+            deadline,
+        ) {
             Ok(()) => {
                 if outcome.oob {
                     lease.request_oob();
-                }
-                if deadline.is_some() {
-                    // The connection goes back to the idle list: no timeout there.
-                    lease
-                        .connection()
-                        .and_then(|c| c.get_ref().set_read_timeout(None))
-                        .ok();
                 }
                 lease.finish();
                 return Ok(());
@@ -291,15 +270,66 @@ fn serve_request(
                 return send_page(module, id, error_page::request_timed_out(&kind));
             }
             Err(Relay::AppBroken {
-                answered: false, ..
-            }) if reused && fresh_retry_left => {
-                fresh_retry_left = false;
+                answered: false,
+                error,
+            }) if attempt < MAX_ATTEMPTS && !outcome.body_pulled => {
+                log::warn!(target: "MP0709", "process {} of {} failed before answering ({error}): trying another", lease.pid(), options.app_group_name);
                 lease.discard_connection();
+                lease.kill_process();
             }
             Err(Relay::AppBroken { answered, error }) => {
                 return app_failed(module, id, &mut lease, answered, &error, &kind);
             }
             Err(Relay::Module(e)) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// How many processes one request may try when they fail before answering.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Sends the request to the lease's process and relays the answer. A reused
+/// connection the app has closed since is retried once on a fresh one.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    module: &mut ModuleConnection,
+    lease: &mut Lease,
+    id: u32,
+    head: &RequestHead,
+    prefix: &[Vec<u8>],
+    body: &mut BodyState,
+    outcome: &mut RelayOutcome,
+    deadline: Option<Instant>,
+) -> Result<(), Relay> {
+    let broken = |error: String| Relay::AppBroken {
+        answered: false,
+        error,
+    };
+    let mut fresh_retry_left = true;
+    loop {
+        let reused = lease.has_connection();
+        let app = lease
+            .connection()
+            .map_err(|e| broken(format!("cannot connect: {e}")))?;
+        let result = send_request(app, id, head, prefix, body)
+            .map_err(|e| broken(e.to_string()))
+            .and_then(|()| relay(module, app, id, body, outcome, deadline));
+        match result {
+            Err(Relay::AppBroken {
+                answered: false, ..
+            }) if reused && fresh_retry_left && !outcome.body_pulled => {
+                fresh_retry_left = false;
+                lease.discard_connection();
+            }
+            Ok(()) if deadline.is_some() => {
+                // The connection goes back to the idle list: no timeout there.
+                return app
+                    .get_ref()
+                    .set_read_timeout(None)
+                    .map_err(|e| broken(e.to_string()));
+            }
+            other => return other,
         }
     }
 }
@@ -355,6 +385,9 @@ const OOB_HEADER: &[u8] = b"!~Request-OOB-Work";
 struct RelayOutcome {
     /// The app asked for out-of-band work.
     oob: bool,
+    /// Body beyond the prefix was pulled from the module: the request
+    /// cannot be replayed on another process.
+    body_pulled: bool,
 }
 
 /// How relaying can fail.
@@ -416,6 +449,7 @@ fn relay(
                 let reply = match body {
                     BodyState::Ended => Message::End,
                     BodyState::More => {
+                        outcome.body_pulled = true;
                         module
                             .send(id, &Message::ReadBody { max })
                             .map_err(Relay::Module)?;
