@@ -4,6 +4,7 @@
 mod directives;
 mod errors;
 mod harness;
+mod node;
 mod pool;
 mod restart;
 mod smart;

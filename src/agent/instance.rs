@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 /// The loader scripts, built into the agent so it never runs a script from
 /// a place someone else could write to.
-const LOADERS: [(&str, &str); 1] = [("wsgi-loader.py", include_str!("../loaders/wsgi-loader.py"))];
+const LOADERS: [(&str, &str); 2] = [
+    ("wsgi-loader.py", include_str!("../loaders/wsgi-loader.py")),
+    ("node-loader.js", include_str!("../loaders/node-loader.js")),
+];
 
 /// An instance directory and its parts.
 #[derive(Debug, Clone)]
