@@ -8,5 +8,6 @@ mod node;
 mod pool;
 mod restart;
 mod smart;
+mod suburi;
 mod users;
 mod wsgi;

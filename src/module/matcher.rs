@@ -158,13 +158,32 @@ fn is_regular_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
-/// Follows one level of symlink (the classic `DocumentRoot/app -> /apps/foo/public`).
+/// Follows one level of symlink (the classic `DocumentRoot/app -> /apps/foo/public`);
+/// a relative target is taken from the link's directory, `..` resolved by name.
 fn resolve_one_symlink(path: &Path) -> PathBuf {
     match std::fs::read_link(path) {
         Ok(target) if target.is_absolute() => target,
-        Ok(target) => path.parent().map_or(target.clone(), |dir| dir.join(target)),
+        Ok(target) => path
+            .parent()
+            .map_or(target.clone(), |dir| normalize(&dir.join(target))),
         Err(_) => path.to_path_buf(),
     }
+}
+
+/// Removes `.` and `..` components by name (no file system access).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn parent_of(path: &Path) -> PathBuf {
@@ -199,6 +218,14 @@ mod tests {
         assert_eq!(longest_base_uri(&bases, b"/app"), Some("/app"));
         assert_eq!(longest_base_uri(&bases, b"/application"), None);
         assert_eq!(longest_base_uri(&bases, b"/"), None);
+    }
+
+    #[test]
+    fn dot_dot_is_resolved_by_name() {
+        assert_eq!(
+            normalize(Path::new("/srv/site/../apps/./foo/public")),
+            PathBuf::from("/srv/apps/foo/public")
+        );
     }
 
     #[test]

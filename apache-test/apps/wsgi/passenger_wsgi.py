@@ -57,7 +57,7 @@ def app(environ, start_response):
     if path == '/env':
         data = {k: environ.get(k) for k in ENV_KEYS}
         data['headers'] = {k: v for k, v in environ.items() if k.startswith('HTTP_')}
-        data['os_env'] = {k: os.environ.get(k) for k in ('PASSENGER_APP_ENV', 'WSGI_ENV', 'HOME', 'USER')}
+        data['os_env'] = {k: os.environ.get(k) for k in ('PASSENGER_APP_ENV', 'WSGI_ENV', 'HOME', 'USER', 'PASSENGER_BASE_URI', 'RAILS_RELATIVE_URL_ROOT', 'RACK_BASE_URI')}
         data['uid'] = os.getuid()
         data['pid'] = os.getpid()
         data['ppid'] = os.getppid()
