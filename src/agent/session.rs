@@ -13,7 +13,7 @@ use crate::agent::Agent;
 use crate::agent::error_page::{self, Page, RequestKind};
 use crate::config::{AppOptions, ServerConfig};
 use crate::pool::{AppConnection, CheckoutError, Lease};
-use crate::protocol::{self, Connection, Message, RequestHead, Role};
+use crate::protocol::{self, Connection, Message, Pairs, RequestHead, Role};
 
 /// A connection from the module.
 type ModuleConnection = Connection<UnixStream>;
@@ -130,14 +130,41 @@ fn serve_status(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), p
 
 /// An Apache worker: one request after another.
 fn serve_worker(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+    let mut options = OptionsCache::default();
     while let Some((id, msg)) = conn.read_frame()? {
         match msg {
-            Message::Request(head) => serve_request(agent, conn, id, head)?,
+            Message::Request(head) => serve_request(agent, conn, id, head, &mut options)?,
             Message::Ping => conn.send(id, &Message::Pong)?,
             _ => return Err(protocol::Error::Malformed("expected REQUEST")),
         }
     }
     Ok(())
+}
+
+/// The options of the last request on a connection, decoded. An Apache
+/// worker usually sends the same options request after request, so
+/// decoding them once per connection and location is enough.
+#[derive(Default)]
+struct OptionsCache {
+    last: Option<(Pairs, Arc<AppOptions>)>,
+}
+
+impl OptionsCache {
+    /// The decoded options for `pairs`.
+    fn get(
+        &mut self,
+        agent: &Agent,
+        pairs: Pairs,
+    ) -> Result<Arc<AppOptions>, crate::config::Error> {
+        if let Some((cached, options)) = &self.last
+            && *cached == pairs
+        {
+            return Ok(Arc::clone(options));
+        }
+        let options = Arc::new(AppOptions::from_pairs_with(&pairs, &agent.default_ruby())?);
+        self.last = Some((pairs, Arc::clone(&options)));
+        Ok(options)
+    }
 }
 
 /// Where the client's body stands, from the agent's side.
@@ -194,13 +221,19 @@ fn serve_request(
     module: &mut ModuleConnection,
     id: u32,
     head: RequestHead,
+    cache: &mut OptionsCache,
 ) -> Result<(), protocol::Error> {
-    let (prefix, mut body) = if head.has_body() {
+    let RequestHead {
+        flags,
+        options,
+        env,
+    } = head;
+    let (prefix, mut body) = if flags & crate::protocol::REQUEST_HAS_BODY != 0 {
         read_prefix(module, id)?
     } else {
         (Vec::new(), BodyState::Ended)
     };
-    let options = match AppOptions::from_pairs_with(&head.options, &agent.default_ruby()) {
+    let options = match cache.get(agent, options) {
         Ok(options) => options,
         Err(e) => {
             log::error!(target: "MP0703", "invalid application options: {e}");
@@ -213,12 +246,13 @@ fn serve_request(
             );
         }
     };
-    let kind = RequestKind::of(&head.env);
     let app_head = RequestHead {
-        flags: head.flags,
+        flags,
         options: Vec::new(),
-        env: head.env,
+        env,
     };
+    // Only an error page needs to know what the request accepts.
+    let kind = || RequestKind::of(&app_head.env);
     let deadline = (options.max_request_time > 0)
         .then(|| Instant::now() + Duration::from_secs(options.max_request_time));
     let mut outcome = RelayOutcome::default();
@@ -228,7 +262,7 @@ fn serve_request(
     for attempt in 1..=MAX_ATTEMPTS {
         let mut lease = match agent.pool.checkout(&options) {
             Ok(lease) => lease,
-            Err(e) => return answer_checkout_error(module, id, &e, &options, &kind),
+            Err(e) => return answer_checkout_error(module, id, &e, &options, &kind()),
         };
         if lease.waited() && peer_gone(module) {
             // Never dispatch a request whose client gave up while it was queued.
@@ -267,7 +301,7 @@ fn serve_request(
                     let message = "the request ran longer than PassengerMaxRequestTime".to_owned();
                     return module.send(id, &Message::Error { code: 504, message });
                 }
-                return send_page(module, id, error_page::request_timed_out(&kind));
+                return send_page(module, id, error_page::request_timed_out(&kind()));
             }
             Err(Relay::AppBroken {
                 answered: false,
@@ -278,7 +312,7 @@ fn serve_request(
                 lease.kill_process();
             }
             Err(Relay::AppBroken { answered, error }) => {
-                return app_failed(module, id, &mut lease, answered, &error, &kind);
+                return app_failed(module, id, &mut lease, answered, &error, &kind());
             }
             Err(Relay::Module(e)) => return Err(e),
         }
