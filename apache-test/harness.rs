@@ -58,6 +58,7 @@ pub struct Apache {
 pub struct Scenario {
     config: String,
     apps: Vec<&'static str>,
+    module: Option<PathBuf>,
 }
 
 impl Scenario {
@@ -67,7 +68,14 @@ impl Scenario {
         Scenario {
             config: config.to_owned(),
             apps: Vec::new(),
+            module: None,
         }
+    }
+
+    /// Loads this copy of mod_passenger.so instead of the build's.
+    pub fn module(mut self, path: PathBuf) -> Scenario {
+        self.module = Some(path);
+        self
     }
 
     /// Copies `apache-test/apps/<name>` into the test directory.
@@ -170,7 +178,11 @@ PassengerInstanceRegistryDir {dir}/registry
 {config}
 "#,
             dir = dir.display(),
-            module = module_path().display(),
+            module = scenario
+                .module
+                .clone()
+                .unwrap_or_else(module_path)
+                .display(),
         );
         std::fs::write(dir.join("httpd.conf"), httpd_conf).unwrap();
         let apache = Apache {

@@ -429,3 +429,47 @@ fn sha256_hex(data: &[u8]) -> String {
     child.wait().unwrap();
     out.split_whitespace().next().unwrap().to_owned()
 }
+
+#[test]
+fn passenger_root_tells_a_relocated_module_where_the_agent_is() {
+    let dir = std::env::temp_dir().join(format!("mp-relocated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("mod_passenger.so");
+    std::fs::copy(crate::harness::module_path(), &module).unwrap();
+    let agent_dir = crate::harness::module_path()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let apache = Apache::start(
+        Scenario::new(&format!(
+            "PassengerRoot {}\n{}",
+            agent_dir.display(),
+            vhost("wsgi", "")
+        ))
+        .app("wsgi")
+        .module(module.clone()),
+    );
+    assert_eq!(apache.get("/").text(), "hello from wsgi");
+    drop(apache);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_an_agent_apache_keeps_serving_and_says_why() {
+    let dir = std::env::temp_dir().join(format!("mp-no-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("mod_passenger.so");
+    std::fs::copy(crate::harness::module_path(), &module).unwrap();
+    let mut apache = Apache::start(Scenario::new(&vhost("wsgi", "")).app("wsgi").module(module));
+    apache.allow("MP0001");
+    apache.allow("MP0202");
+    assert_eq!(apache.get("/static.txt").status, 200);
+    assert_eq!(apache.get("/").status, 503);
+    assert!(
+        apache.error_log().contains("cannot find passenger-agent"),
+        "{}",
+        apache.error_log()
+    );
+    drop(apache);
+    let _ = std::fs::remove_dir_all(&dir);
+}

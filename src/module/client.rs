@@ -50,6 +50,11 @@ pub fn set_agent_socket(path: PathBuf) {
     *AGENT_SOCKET.write() = Some(path);
 }
 
+/// Forgets the agent's socket (post_config could not start an agent).
+pub fn clear_agent_socket() {
+    *AGENT_SOCKET.write() = None;
+}
+
 /// The agent's socket, once post_config has found or started the agent.
 pub fn agent_socket() -> Option<PathBuf> {
     AGENT_SOCKET.read().clone()

@@ -42,6 +42,16 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finds the agent of this instance or starts one, then sends it the
 /// configuration. Returns the agent's pid.
 pub fn ensure_agent(config: &ServerConfig, info: &StartupInfo) -> Result<u32, String> {
+    let result = find_or_start(config, info);
+    if result.is_err() {
+        // Requests then fail at once instead of waiting for an agent that
+        // will not come.
+        client::clear_agent_socket();
+    }
+    result
+}
+
+fn find_or_start(config: &ServerConfig, info: &StartupInfo) -> Result<u32, String> {
     if let Some(fly_with) = &config.fly_with {
         // Flying mode: someone else runs the agent; we only connect.
         let socket = PathBuf::from(fly_with);
