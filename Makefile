@@ -26,6 +26,7 @@ module: ## link mod_passenger.so from the Rust static library and the C shim
 test: ## run every test: unit, integration, loaders and end-to-end through Apache
 	$(MAKE) module PROFILE=debug
 	/usr/bin/python3 -m unittest discover -s src/loaders -p 'test_*.py'
+	ruby src/loaders/test_rack_loader.rb
 	node --test src/loaders/test_node_loader.js
 	cargo test --no-fail-fast
 

@@ -1,0 +1,1976 @@
+# frozen_string_literal: true
+#
+# The Rack loader of passenger-agent.
+#
+# The agent starts one of these per Ruby application process:
+#
+#     ruby rack-loader.rb          (cwd = the application root)
+#
+# with, in the environment, PASSENGER_APP_ROOT (absolute), PASSENGER_STARTUP_FILE
+# (relative to the app root, default config.ru), PASSENGER_APP_ENV/RACK_ENV/
+# RAILS_ENV, PASSENGER_BASE_URI (under a sub-URI) and PASSENGER_SPAWN_METHOD.
+#
+# Direct mode: fd 3 is a listening Unix stream socket and fd 4 the write end
+# of the readiness pipe. The loader sets up Bundler, evaluates the rackup
+# file, reports READY (or SPAWN_ERROR) on fd 4 and serves requests over the
+# frame protocol of docs/protocol.md on the connections it accepts on fd 3.
+#
+# Preloader mode (PASSENGER_SPAWN_METHOD=smart): fd 3 is a connected control
+# socket. The app is loaded once; every FORK frame (with three descriptors
+# riding along) forks a worker that serves like a direct-mode process.
+#
+# Only Ruby's standard library is used; Rack 2 and Rack 3 both work. See
+# docs/rack.md for the env we build, the PhusionPassenger API, out-of-band
+# work, smart spawning and Bundler.
+
+require 'socket'
+require 'io/nonblock'
+
+# ---------------------------------------------------------------------------
+# The PhusionPassenger API: present before config.ru is evaluated
+# ---------------------------------------------------------------------------
+
+module PhusionPassenger
+  # The version of the Passenger API this loader imitates (not its own).
+  VERSION_STRING = '6.0.0'
+  PACKAGE_NAME = 'passenger-agent'
+
+  # The libraries require_passenger_lib accepts: they are built in here.
+  PROVIDED_LIBS = %w[public_api rack/out_of_band_gc].freeze
+
+  @event_handlers = {}
+  @advertised_concurrency_level = nil
+
+  class << self
+    # How many requests one process may serve at once: nil (the default)
+    # means 1, 0 means unlimited. Set it while the app loads.
+    attr_accessor :advertised_concurrency_level
+
+    # Registers a block for an event of this process:
+    #   :starting_worker_process  |forked|  before the first request
+    #   :stopping_worker_process            when the process exits cleanly
+    #   :starting_request_handler_thread    in each thread that serves requests
+    #   :oob_work                           out-of-band work (see OutOfBandGc)
+    #   :after_installing_signal_handlers   once the loader's traps are set
+    # Other names are accepted and never fired, as in Passenger.
+    def on_event(name, &block)
+      raise ArgumentError, 'PhusionPassenger.on_event needs a block' unless block
+
+      (@event_handlers[name.to_sym] ||= []) << block
+      nil
+    end
+
+    # Runs the handlers of an event, in the order they were registered.
+    def call_event(name, *args)
+      handlers = @event_handlers[name.to_sym]
+      handlers&.each { |handler| handler.call(*args) }
+      nil
+    end
+
+    # The handlers of an event (a copy).
+    def event_handlers(name)
+      (@event_handlers[name.to_sym] || []).dup
+    end
+
+    # Passenger's way of loading its own libraries. The ones applications
+    # use are built into this loader; any other name is a LoadError.
+    def require_passenger_lib(name)
+      lib = name.to_s.delete_suffix('.rb').delete_prefix('phusion_passenger/')
+      return true if PROVIDED_LIBS.include?(lib)
+
+      raise LoadError, "cannot load such file -- phusion_passenger/#{lib} (passenger-agent's " \
+                       "Rack loader provides only #{PROVIDED_LIBS.join(', ')})"
+    end
+  end
+
+  module Rack
+    # Middleware asking for out-of-band garbage collection every N requests:
+    #
+    #   PhusionPassenger.require_passenger_lib 'rack/out_of_band_gc'
+    #   use PhusionPassenger::Rack::OutOfBandGc, 5
+    #   use PhusionPassenger::Rack::OutOfBandGc, strategy: :counting, frequency: 5
+    #
+    # Every Nth response carries the `!~Request-OOB-Work` header; the agent
+    # strips it, takes the process out of rotation and sends OOB_WORK, and
+    # the :oob_work handler registered here runs GC.start.
+    class OutOfBandGc
+      HEADER = '!~Request-OOB-Work'
+      HEADER_RACK3 = '!~request-oob-work' # Rack 3 header names are lower case
+
+      attr_reader :strategy, :frequency
+
+      def initialize(app, *args, **options)
+        options = args.shift.merge(options) if args.first.is_a?(Hash)
+        @app = app
+        @strategy = (options[:strategy] || :counting).to_sym
+        @logger = options.fetch(:logger) { args[1] }
+        @header = rack3? ? HEADER_RACK3 : HEADER
+        case @strategy
+        when :counting
+          frequency = options.fetch(:frequency) { args[0] }
+          unless frequency.is_a?(Integer) && frequency.positive?
+            raise ArgumentError, "OutOfBandGc needs a frequency (a positive Integer), not #{frequency.inspect}"
+          end
+
+          @frequency = frequency
+          @count = 0
+          @mutex = Mutex.new
+          ::PhusionPassenger.on_event(:oob_work) { collect }
+        when :gctools_oobgc
+          require 'gctools/oobgc'
+          ::GC::OOB.setup
+          ::PhusionPassenger.on_event(:oob_work) { ::GC::OOB.run }
+        else
+          raise ArgumentError, "unknown OutOfBandGc strategy #{@strategy.inspect} " \
+                               '(known: :counting, :gctools_oobgc)'
+        end
+      end
+
+      def call(env)
+        status, headers, body = @app.call(env)
+        if due? && headers.respond_to?(:[]=)
+          headers = headers.dup if headers.frozen?
+          headers[@header] = 'true'
+        end
+        [status, headers, body]
+      end
+
+      private
+
+      def due?
+        return ::GC::OOB.dry_run if @strategy == :gctools_oobgc
+
+        @mutex.synchronize do
+          @count += 1
+          if @count >= @frequency
+            @count = 0
+            true
+          else
+            false
+          end
+        end
+      end
+
+      def collect
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        ::GC.start
+        return unless @logger
+
+        took = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+        @logger.info(format('Out-of-band GC finished in %.3f s', took))
+      end
+
+      def rack3?
+        defined?(::Rack.release) && ::Rack.release.to_i >= 3
+      end
+    end
+  end
+end
+
+# ---------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------
+
+module PassengerRackLoader
+  LOADER_FILE = File.expand_path(__FILE__)
+  BINARY = Encoding::BINARY
+
+  # -- The frame protocol (docs/protocol.md) --------------------------------
+
+  VERSION = 1
+  HEADER_LEN = 12
+  MAX_PAYLOAD = 1 << 20
+  MAX_CHUNK = 64 * 1024
+  MAX_PREFIX = 64 * 1024
+  READ_BODY_SIZE = 64 * 1024
+  RECV_SIZE = 256 * 1024
+  FLUSH_AT = 256 * 1024 # an array body is written in pieces of about this size
+
+  T_HELLO = 0x01
+  T_HELLO_OK = 0x02
+  T_CONFIGURE = 0x03
+  T_CONFIGURE_OK = 0x04
+  T_REQUEST = 0x10
+  T_BODY = 0x11
+  T_END = 0x12
+  T_MORE = 0x13
+  T_READ_BODY = 0x14
+  T_RESPONSE = 0x20
+  T_ERROR = 0x30
+  T_PING = 0x40
+  T_PONG = 0x41
+  T_STATUS = 0x50
+  T_STATUS_REPLY = 0x51
+  T_READY = 0x60
+  T_SPAWN_ERROR = 0x61
+  T_FORK = 0x70
+  T_FORKED = 0x71
+  T_OOB_WORK = 0x72
+  T_OOB_DONE = 0x73
+
+  TYPE_NAMES = {
+    T_HELLO => 'HELLO', T_HELLO_OK => 'HELLO_OK', T_CONFIGURE => 'CONFIGURE',
+    T_CONFIGURE_OK => 'CONFIGURE_OK', T_REQUEST => 'REQUEST', T_BODY => 'BODY', T_END => 'END',
+    T_MORE => 'MORE', T_READ_BODY => 'READ_BODY', T_RESPONSE => 'RESPONSE', T_ERROR => 'ERROR',
+    T_PING => 'PING', T_PONG => 'PONG', T_STATUS => 'STATUS', T_STATUS_REPLY => 'STATUS_REPLY',
+    T_READY => 'READY', T_SPAWN_ERROR => 'SPAWN_ERROR', T_FORK => 'FORK', T_FORKED => 'FORKED',
+    T_OOB_WORK => 'OOB_WORK', T_OOB_DONE => 'OOB_DONE'
+  }.freeze
+
+  # Indexed by type: nil = unknown type, -1 = variable payload, n = fixed length.
+  PAYLOAD_RULE = Array.new(256)
+  TYPE_NAMES.each_key { |t| PAYLOAD_RULE[t] = -1 }
+  { T_HELLO => 13, T_CONFIGURE_OK => 0, T_END => 0, T_MORE => 0, T_READ_BODY => 4, T_PING => 0,
+    T_PONG => 0, T_READY => 4, T_FORK => 0, T_FORKED => 4, T_OOB_WORK => 0,
+    T_OOB_DONE => 0 }.each { |t, n| PAYLOAD_RULE[t] = n }
+  PAYLOAD_RULE.freeze
+
+  FLAG_HAS_BODY = 0x01
+  FLAG_HTTPS = 0x02
+
+  ERROR_UNSUPPORTED_VERSION = 1
+  ERROR_PROTOCOL = 400
+  ERROR_APPLICATION = 500
+
+  FRAME = 'nCCNN' # magic, version, type, request id, payload length
+  MAGIC = 0x4D50
+
+  # The peer broke the protocol: answer ERROR where possible, then close.
+  # +kind+ names the failure as docs/protocol-vectors.json does.
+  class ProtocolError < StandardError
+    attr_accessor :request_id
+    attr_reader :kind, :code
+
+    def initialize(message, request_id = 0, kind = :malformed, code = ERROR_PROTOCOL)
+      super(message)
+      @request_id = request_id
+      @kind = kind
+      @code = code
+    end
+  end
+
+  # The agent sent ERROR during a request: it gave the request up.
+  class PeerAborted < StandardError; end
+
+  # Raised into serving threads (and by the SIGTERM trap) to stop serving.
+  class Stop < Exception; end # rubocop:disable Lint/InheritException
+
+  def self.frame(type, request_id = 0, payload = '')
+    if payload.bytesize > MAX_PAYLOAD
+      raise ArgumentError, "payload of #{payload.bytesize} bytes exceeds the 1 MiB limit"
+    end
+
+    [MAGIC, VERSION, type, request_id, payload.bytesize, payload].pack('nCCNNa*')
+  end
+
+  def self.encode_bytes(str)
+    [str.bytesize, str].pack('Na*')
+  end
+
+  def self.encode_pairs(pairs)
+    out = [pairs.size].pack('N')
+    pairs.each { |name, value| [name.bytesize, name, value.bytesize, value].pack('Na*Na*', buffer: out) }
+    out
+  end
+
+  def self.error_frame(code, message, request_id = 0)
+    msg = utf8(message).byteslice(0, 4096).scrub('?')
+    frame(T_ERROR, request_id, [code, msg.bytesize, msg].pack('nNa*'))
+  end
+
+  def self.utf8(str)
+    s = str.to_s.dup.force_encoding(Encoding::UTF_8)
+    s.valid_encoding? ? s : s.scrub('?')
+  end
+
+  # Decodes an ERROR payload: [code, message]; the message must be UTF-8.
+  def self.decode_error(payload)
+    raise ProtocolError, 'truncated ERROR payload' if payload.bytesize < 6
+
+    code = payload.unpack1('n')
+    len = payload.unpack1('N', offset: 2)
+    raise ProtocolError, 'bad ERROR message length' if 6 + len != payload.bytesize
+
+    message = payload.byteslice(6, len).force_encoding(Encoding::UTF_8)
+    raise ProtocolError, 'the ERROR message is not UTF-8' unless message.valid_encoding?
+
+    [code, message]
+  end
+
+  # One connection from the agent: a single receive buffer, frames parsed in
+  # place. After read_frame the payload is @buf[@poff, @plen].
+  class Connection
+    attr_reader :io, :rid, :buf, :poff, :plen
+    # nil, or the exception that made this connection unusable.
+    attr_accessor :failed
+    # Per request: the RESPONSE was sent / the response was ended.
+    attr_accessor :head_sent, :ended
+
+    EMPTY = ''.b.freeze
+
+    def initialize(io)
+      @io = io
+      @buf = String.new(capacity: RECV_SIZE, encoding: BINARY)
+      @scratch = nil
+      @pos = 0
+      @rid = 0
+      @poff = 0
+      @plen = 0
+      @failed = nil
+      @head_sent = false
+      @ended = false
+    end
+
+    # The type of the next frame, or nil at a clean end of file. Raises
+    # ProtocolError for an invalid frame, decided from the header alone.
+    def read_frame
+      buf = @buf
+      while true
+        pos = @pos
+        avail = buf.bytesize - pos
+        if avail >= HEADER_LEN
+          if buf.getbyte(pos) != 0x4D || buf.getbyte(pos + 1) != 0x50
+            raise ProtocolError.new(format('bad magic %02x %02x: the peer does not speak the frame protocol',
+                                           buf.getbyte(pos), buf.getbyte(pos + 1)), 0, :bad_magic)
+          end
+          if buf.getbyte(pos + 2) != VERSION
+            raise ProtocolError.new('unsupported protocol version', 0, :bad_version,
+                                    ERROR_UNSUPPORTED_VERSION)
+          end
+          type = buf.getbyte(pos + 3)
+          rid = buf.unpack1('N', offset: pos + 4)
+          len = buf.unpack1('N', offset: pos + 8)
+          rule = PAYLOAD_RULE[type]
+          raise ProtocolError.new(format('unknown message type 0x%02x', type), rid, :unknown_type) if rule.nil?
+          if len > MAX_PAYLOAD
+            raise ProtocolError.new("payload of #{len} bytes exceeds the 1 MiB limit", rid, :too_large)
+          end
+          if rule >= 0 && rule != len
+            raise ProtocolError.new("#{TYPE_NAMES[type]} with a payload of #{len} bytes (it has #{rule})", rid)
+          end
+          if avail >= HEADER_LEN + len
+            @rid = rid
+            @poff = pos + HEADER_LEN
+            @plen = len
+            @pos = pos + HEADER_LEN + len
+            return type
+          end
+        end
+        return nil unless fill
+
+        buf = @buf
+      end
+    end
+
+    # Reads more bytes: false at a clean end of file.
+    def fill
+      pos = @pos
+      buf = @buf
+      if pos >= buf.bytesize
+        begin
+          @io.readpartial(RECV_SIZE, buf)
+        rescue EOFError, Errno::ECONNRESET
+          return false
+        end
+        @pos = 0
+      else
+        begin
+          chunk = @io.readpartial(RECV_SIZE, @scratch ||= String.new(capacity: RECV_SIZE, encoding: BINARY))
+        rescue EOFError, Errno::ECONNRESET
+          raise ProtocolError.new('the connection was closed in the middle of a frame', 0, :eof)
+        end
+        if pos.positive?
+          buf = buf.unpack1('a*', offset: pos) # a copy: a shared tail would make the next read copy
+          @pos = 0
+        end
+        buf << chunk
+        @buf = buf
+      end
+      true
+    end
+
+    # The payload of the last frame, as a new String.
+    def payload
+      len = @plen
+      return EMPTY if len.zero?
+
+      off = @poff
+      off + len == @buf.bytesize ? @buf.unpack1('a*', offset: off) : @buf.byteslice(off, len)
+    end
+
+    def write(data)
+      raise IOError, "the connection to the agent is broken: #{@failed.message}" if @failed
+
+      @io.write(data)
+    rescue SystemCallError, IOError => e
+      @failed ||= e
+      raise
+    end
+
+    # The next frame of request +rid+, answering PINGs on the way.
+    def read_request_frame(rid)
+      while true
+        type = read_frame
+        raise ProtocolError.new('the agent closed the connection during a request', rid, :eof) if type.nil?
+
+        if type == T_PING
+          write(PassengerRackLoader.frame(T_PONG, @rid))
+          next
+        end
+        raise ProtocolError.new("frame for request #{@rid} during request #{rid}", rid) if @rid != rid
+
+        if type == T_ERROR
+          code, message = begin
+            PassengerRackLoader.decode_error(payload)
+          rescue ProtocolError => e
+            [0, "malformed ERROR (#{e.message})"]
+          end
+          raise PeerAborted, "ERROR #{code}: #{message}"
+        end
+        return type
+      end
+    end
+
+    # The REQUEST payload into +env+ (which holds +base+); returns the flags.
+    # Options are validated and skipped. A request header sent twice (two
+    # HTTP_X pairs) becomes one variable, the values joined by ", " ("; "
+    # for HTTP_COOKIE); for any other name the last pair wins.
+    def decode_request(env, base)
+      b = @buf
+      off = @poff
+      stop = off + @plen
+      raise ProtocolError.new('empty REQUEST payload', @rid) if @plen < 1
+
+      flags = b.getbyte(off)
+      raise ProtocolError.new(format('unknown REQUEST flags 0x%02x', flags), @rid) if flags & ~3 != 0
+
+      off = skip_pairs(b, off + 1, stop)
+      raise ProtocolError.new('truncated REQUEST payload', @rid) if off + 4 > stop
+
+      count = b.unpack1('N', offset: off)
+      off += 4
+      start = off
+      raise ProtocolError.new("pair count #{count} exceeds the payload", @rid) if count > (stop - off) >> 3
+
+      blen = b.bytesize
+      expected = env.size + count
+      i = 0
+      while i < count
+        raise ProtocolError.new('truncated pairs', @rid) if off + 4 > stop
+
+        klen = b.unpack1('N', offset: off)
+        kstart = off + 4
+        kend = kstart + klen
+        raise ProtocolError.new('pair length exceeds the payload', @rid) if kend + 4 > stop
+
+        vlen = b.unpack1('N', offset: kend)
+        vstart = kend + 4
+        off = vstart + vlen
+        raise ProtocolError.new('pair length exceeds the payload', @rid) if off > stop
+
+        env[-b.byteslice(kstart, klen)] =
+          off == blen ? b.unpack1('a*', offset: vstart) : b.byteslice(vstart, vlen)
+        i += 1
+      end
+      raise ProtocolError.new("#{stop - off} trailing bytes after the REQUEST payload", @rid) if off != stop
+
+      decode_joining(env, base, start, count) if env.size != expected
+      flags
+    end
+
+    private
+
+    def skip_pairs(b, off, stop)
+      raise ProtocolError.new('truncated REQUEST payload', @rid) if off + 4 > stop
+
+      count = b.unpack1('N', offset: off)
+      off += 4
+      raise ProtocolError.new("pair count #{count} exceeds the payload", @rid) if count > (stop - off) >> 3
+
+      count.times do
+        raise ProtocolError.new('truncated pairs', @rid) if off + 4 > stop
+
+        off += 4 + b.unpack1('N', offset: off)
+        raise ProtocolError.new('truncated pairs', @rid) if off + 4 > stop
+
+        off += 4 + b.unpack1('N', offset: off)
+        raise ProtocolError.new('pair length exceeds the payload', @rid) if off > stop
+      end
+      off
+    end
+
+    # A name was repeated (rare): decode again, joining repeated headers.
+    def decode_joining(env, base, off, count)
+      b = @buf
+      env.replace(base)
+      seen = {}
+      count.times do
+        klen = b.unpack1('N', offset: off)
+        key = -b.byteslice(off + 4, klen)
+        off += 4 + klen
+        vlen = b.unpack1('N', offset: off)
+        value = b.byteslice(off + 4, vlen)
+        off += 4 + vlen
+        if seen[key] && key.start_with?('HTTP_')
+          env[key] = env[key] + (key == 'HTTP_COOKIE' ? '; ' : ', ') + value
+        else
+          env[key] = value
+        end
+        seen[key] = true
+      end
+    end
+  end
+
+  # -- rack.input ----------------------------------------------------------
+
+  # The body of a request without one: always at its end.
+  class EmptyInput
+    def read(length = nil, buffer = nil)
+      if length.nil?
+        buffer ? buffer.replace(''.b) : String.new(encoding: BINARY)
+      else
+        raise ArgumentError, "negative length #{length} given" if length.negative?
+
+        buffer&.replace(''.b)
+        length.zero? ? (buffer || String.new(encoding: BINARY)) : nil
+      end
+    end
+
+    def gets(*) = nil
+    def each = self
+    def rewind = 0
+    def size = 0
+    def eof? = true
+    def close = nil
+    def closed? = false
+    def binmode? = true
+    def external_encoding = BINARY
+
+    def readpartial(_length, _buffer = nil)
+      raise EOFError, 'end of the request body'
+    end
+  end
+
+  EMPTY_INPUT = EmptyInput.new.freeze
+
+  # rack.input for a request with a body: the body prefix first, then BODY
+  # frames pulled with READ_BODY only when a read needs them. Everything
+  # read is kept (in memory up to SPOOL_IN_MEMORY, then in an unlinked
+  # temporary file), so rewind works as Rack 2 requires.
+  class Input
+    SPOOL_IN_MEMORY = 1 << 20
+
+    def initialize(conn, rid, prefix, more)
+      @conn = conn
+      @rid = rid
+      @more = more
+      @mem = prefix.frozen? ? prefix.dup : prefix
+      @file = nil
+      @size = prefix.bytesize
+      @pos = 0
+      @closed = false
+    end
+
+    # IO#read semantics: read(nil) reads to the end and returns "" there;
+    # read(n) returns at most n bytes and nil at the end.
+    def read(length = nil, buffer = nil)
+      check_open
+      if length.nil?
+        fill_to(nil)
+        data = fetch(@pos, @size - @pos)
+        @pos = @size
+        return buffer ? buffer.replace(data) : data
+      end
+      raise ArgumentError, "negative length #{length} given" if length.negative?
+
+      if length.zero?
+        return buffer ? buffer.replace(''.b) : String.new(encoding: BINARY)
+      end
+
+      fill_to(@pos + length)
+      avail = @size - @pos
+      if avail.zero?
+        buffer&.replace(''.b)
+        return nil
+      end
+      n = avail < length ? avail : length
+      data = fetch(@pos, n)
+      @pos += n
+      buffer ? buffer.replace(data) : data
+    end
+
+    # Whatever is available (pulling once if nothing is): like IO#readpartial.
+    def readpartial(length, buffer = nil)
+      check_open
+      fill_to(@pos + 1) if @pos >= @size
+      avail = @size - @pos
+      raise EOFError, 'end of the request body' if avail.zero?
+
+      n = avail < length ? avail : length
+      data = fetch(@pos, n)
+      @pos += n
+      buffer ? buffer.replace(data) : data
+    end
+
+    def gets(*)
+      check_open
+      scan = @pos
+      while true
+        i = find_newline(scan)
+        if i
+          line = fetch(@pos, i + 1 - @pos)
+          @pos = i + 1
+          return line
+        end
+        scan = @size
+        break unless @more && pull
+      end
+      return nil if @pos >= @size
+
+      line = fetch(@pos, @size - @pos)
+      @pos = @size
+      line
+    end
+
+    def each
+      return to_enum(:each) unless block_given?
+
+      while (line = gets)
+        yield line
+      end
+      self
+    end
+
+    def rewind
+      check_open
+      @pos = 0
+    end
+
+    # The body's size: reads it to the end first.
+    def size
+      fill_to(nil)
+      @size
+    end
+    alias length size
+
+    def eof?
+      fill_to(@pos + 1)
+      @pos >= @size
+    end
+
+    def binmode? = true
+    def external_encoding = BINARY
+    def closed? = @closed
+
+    # Rack 3 lets the application close the input: the spool is freed.
+    def close
+      @closed = true
+      release
+      nil
+    end
+
+    # The request is over: no more pulling, the spool is freed; a reference
+    # the app kept reads as an empty body from now on.
+    def detach
+      @conn = nil
+      @more = false
+      release
+      @mem = String.new(encoding: BINARY)
+      @size = 0
+      @pos = 0
+    end
+
+    private
+
+    def check_open
+      raise IOError, 'the request body was closed' if @closed
+    end
+
+    def release
+      @mem = nil
+      file = @file
+      @file = nil
+      file&.close
+    rescue IOError, SystemCallError
+      nil
+    end
+
+    def fill_to(target)
+      while @more && (target.nil? || @size < target)
+        break unless pull
+      end
+    end
+
+    # One READ_BODY round trip: true if bytes were added, false at the end.
+    def pull
+      conn = @conn
+      unless conn
+        @more = false
+        return false
+      end
+      begin
+        conn.write([MAGIC, VERSION, T_READ_BODY, @rid, 4, READ_BODY_SIZE].pack('nCCNNN'))
+        type = conn.read_request_frame(@rid)
+        if type == T_BODY
+          n = conn.plen
+          if n.zero? || n > READ_BODY_SIZE
+            raise ProtocolError.new("BODY of #{n} bytes answering READ_BODY #{READ_BODY_SIZE}", @rid)
+          end
+
+          append(conn.payload)
+          true
+        elsif type == T_END
+          @more = false
+          false
+        else
+          raise ProtocolError.new("unexpected message type #{TYPE_NAMES[type]} while reading the body",
+                                  @rid, :unexpected)
+        end
+      rescue ProtocolError, PeerAborted, SystemCallError, IOError => e
+        @more = false
+        conn.failed ||= e
+        raise e if e.is_a?(SystemCallError)
+
+        raise IOError, "error reading the request body: #{e.message}"
+      end
+    end
+
+    def append(chunk)
+      if @file
+        @file.write(chunk)
+      elsif @size + chunk.bytesize > SPOOL_IN_MEMORY
+        require 'tempfile'
+        file = Tempfile.create(['passenger-rack-body', '.bin'], binmode: true)
+        File.unlink(file.path)
+        file.sync = true
+        file.write(@mem)
+        file.write(chunk)
+        @file = file
+        @mem = nil
+      else
+        @mem << chunk
+      end
+      @size += chunk.bytesize
+    end
+
+    def fetch(off, len)
+      return String.new(encoding: BINARY) if len.zero?
+
+      if @file
+        @file.pread(len, off)
+      else
+        off + len == @mem.bytesize ? @mem.unpack1('a*', offset: off) : @mem.byteslice(off, len)
+      end
+    end
+
+    def find_newline(from)
+      return nil if from >= @size
+
+      return @mem.index("\n", from) unless @file
+
+      while from < @size
+        piece = @file.pread([@size - from, 65_536].min, from)
+        i = piece.index("\n")
+        return from + i if i
+
+        from += piece.bytesize
+      end
+      nil
+    end
+  end
+
+  # The stream given to a Rack 3 streaming body (one that responds to call):
+  # writes become BODY frames at once; close ends the response.
+  class Stream
+    def initialize(conn, rid, input)
+      @conn = conn
+      @rid = rid
+      @input = input
+      @closed = false
+    end
+
+    def write(data)
+      raise IOError, 'the response stream is closed' if @closed
+
+      data = data.to_s
+      n = data.bytesize
+      if n.positive?
+        out = String.new(capacity: n + 32, encoding: BINARY)
+        PassengerRackLoader.append_body(out, @rid, data)
+        @conn.write(out)
+      end
+      n
+    end
+
+    def <<(data)
+      write(data)
+      self
+    end
+
+    def read(*args)
+      @input.read(*args)
+    end
+
+    def flush = self
+
+    def close_read
+      nil
+    end
+
+    def close_write
+      close
+    end
+
+    def close
+      return if @closed
+
+      @closed = true
+      unless @conn.ended
+        @conn.ended = true
+        @conn.write([MAGIC, VERSION, T_END, @rid, 0].pack(FRAME))
+      end
+      nil
+    end
+
+    def closed? = @closed
+  end
+
+  # Appends +chunk+ as BODY frames of at most 64 KiB to +out+.
+  def self.append_body(out, rid, chunk)
+    n = chunk.bytesize
+    if n <= MAX_CHUNK
+      [MAGIC, VERSION, T_BODY, rid, n, chunk].pack('nCCNNa*', buffer: out)
+    else
+      off = 0
+      while off < n
+        m = n - off
+        m = MAX_CHUNK if m > MAX_CHUNK
+        [MAGIC, VERSION, T_BODY, rid, m, chunk.byteslice(off, m)].pack('nCCNNa*', buffer: out)
+        off += m
+      end
+    end
+    out
+  end
+
+  # -- The response --------------------------------------------------------
+
+  REASONS = {
+    100 => 'Continue', 101 => 'Switching Protocols', 103 => 'Early Hints', 200 => 'OK', 201 => 'Created',
+    202 => 'Accepted', 203 => 'Non-Authoritative Information', 204 => 'No Content', 205 => 'Reset Content',
+    206 => 'Partial Content', 300 => 'Multiple Choices', 301 => 'Moved Permanently', 302 => 'Found',
+    303 => 'See Other', 304 => 'Not Modified', 307 => 'Temporary Redirect', 308 => 'Permanent Redirect',
+    400 => 'Bad Request', 401 => 'Unauthorized', 403 => 'Forbidden', 404 => 'Not Found',
+    405 => 'Method Not Allowed', 406 => 'Not Acceptable', 408 => 'Request Timeout', 409 => 'Conflict',
+    410 => 'Gone', 411 => 'Length Required', 412 => 'Precondition Failed', 413 => 'Payload Too Large',
+    414 => 'URI Too Long', 415 => 'Unsupported Media Type', 416 => 'Range Not Satisfiable',
+    417 => 'Expectation Failed', 422 => 'Unprocessable Entity', 423 => 'Locked', 428 => 'Precondition Required',
+    429 => 'Too Many Requests', 500 => 'Internal Server Error', 501 => 'Not Implemented', 502 => 'Bad Gateway',
+    503 => 'Service Unavailable', 504 => 'Gateway Timeout', 505 => 'HTTP Version Not Supported'
+  }.freeze
+
+  TOKEN = /\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\z/.freeze
+  BAD_VALUE = /[\r\n\0]/.freeze
+  BAD_LINE = /[\r\0]/.freeze
+  HOLE12 = ("\0" * 12).b.freeze # a frame header, patched in later
+  HOLE4 = ("\0" * 4).b.freeze # a header count, patched in later
+
+  ERROR_PAGE = ("<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>" \
+                "<body><h1>500 Internal Server Error</h1></body></html>\n").b.freeze
+  ERROR_HEADERS = [['Content-Type', 'text/html; charset=utf-8'],
+                   ['Content-Length', ERROR_PAGE.bytesize.to_s]].freeze
+
+  @status_cache = {}
+  @name_cache = {}
+
+  class << self
+    attr_reader :status_cache, :name_cache
+  end
+
+  # u16 status + bytes reason, for RESPONSE.
+  def self.status_bytes(status)
+    cached = @status_cache[status]
+    return cached if cached
+
+    code = status.is_a?(Integer) ? status : status.to_s.to_i # Rack::Lint's reading of a status
+    raise ArgumentError, "invalid response status #{status.inspect}" unless code.between?(100, 999)
+
+    reason = (defined?(::Rack::Utils::HTTP_STATUS_CODES) && ::Rack::Utils::HTTP_STATUS_CODES[code]) ||
+             REASONS[code] || ''
+    encoded = [code, reason.bytesize, reason].pack('nNa*').freeze
+    @status_cache[status.frozen? ? status : status.dup.freeze] = encoded if @status_cache.size < 256
+    encoded
+  end
+
+  # "u32 length + name" for a response header name; false for names that are
+  # not sent (rack.*); raises for invalid ones.
+  def self.encoded_name(name)
+    cached = @name_cache[name]
+    return cached unless cached.nil?
+
+    raise TypeError, "a response header name must be a String, not #{name.class}" unless name.is_a?(String)
+
+    if name.start_with?('rack.')
+      encoded = false
+    else
+      raise ArgumentError, "invalid response header name #{name.inspect}" unless TOKEN.match?(name)
+
+      encoded = [name.bytesize, name].pack('Na*').freeze
+    end
+    @name_cache.clear if @name_cache.size >= 1024
+    @name_cache[name] = encoded
+  end
+
+  # A RESPONSE frame (a new binary String, to append body frames to). Rack 2
+  # header values with "\n" become repeated headers; Rack 3 array values too.
+  def self.encode_head(rid, status, headers)
+    out = String.new(capacity: 512, encoding: BINARY)
+    out << HOLE12
+    out << status_bytes(status)
+    count_at = out.bytesize
+    out << HOLE4
+    count = 0
+    headers.each do |name, value|
+      enc = encoded_name(name)
+      next unless enc
+
+      if value.is_a?(String)
+        if BAD_VALUE.match?(value)
+          count += add_lines(out, enc, name, value)
+        else
+          out << enc
+          [value.bytesize, value].pack('Na*', buffer: out)
+          count += 1
+        end
+      elsif value.is_a?(Array)
+        value.each do |item|
+          item = item.to_s
+          if BAD_VALUE.match?(item)
+            count += add_lines(out, enc, name, item)
+          else
+            out << enc
+            [item.bytesize, item].pack('Na*', buffer: out)
+            count += 1
+          end
+        end
+      elsif !value.nil?
+        count += add_lines(out, enc, name, value.to_s)
+      end
+    end
+    len = out.bytesize - HEADER_LEN
+    raise ArgumentError, 'the response headers exceed the 1 MiB frame limit' if len > MAX_PAYLOAD
+
+    out[count_at, 4] = [count].pack('N')
+    out[0, HEADER_LEN] = [MAGIC, VERSION, T_RESPONSE, rid, len].pack(FRAME)
+    out
+  end
+
+  def self.add_lines(out, enc, name, value)
+    n = 0
+    value.split("\n").each do |line|
+      raise ArgumentError, "invalid character (CR or NUL) in the value of header #{name.inspect}" if BAD_LINE.match?(line)
+
+      out << enc
+      [line.bytesize, line].pack('Na*', buffer: out)
+      n += 1
+    end
+    n
+  end
+
+  # -- Logging -------------------------------------------------------------
+
+  def self.log(message)
+    $stderr.write("[rack-loader #{Process.pid}] #{message}\n")
+  rescue StandardError
+    nil
+  end
+
+  def self.one_line(exc)
+    message = begin
+      exc.message.to_s.strip
+    rescue StandardError
+      ''
+    end
+    first = message.each_line.first&.chomp
+    first && !first.empty? ? "#{exc.class}: #{first}" : exc.class.name.to_s
+  end
+
+  # The exception, its backtrace (the loader's own frames left out) and causes.
+  def self.describe(exc)
+    text = +''
+    seen = {}
+    while exc && !seen[exc]
+      seen[exc] = true
+      text << (text.empty? ? '' : "Caused by:\n")
+      text << "#{exc.class}: #{exc.message}\n"
+      (exc.backtrace || []).each do |line|
+        text << "    #{line}\n" unless line.start_with?(LOADER_FILE)
+      end
+      exc = exc.cause
+    end
+    text
+  end
+
+  # Runs every handler of an event, each on its own: a failing one is logged.
+  def self.fire_each(name, *args)
+    PhusionPassenger.event_handlers(name).each do |handler|
+      handler.call(*args)
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      raise if e.is_a?(SystemExit) || e.is_a?(SignalException) || e.is_a?(Stop)
+
+      log_exception("a #{name} handler failed", e)
+    end
+  end
+
+  def self.log_exception(message, exc)
+    $stderr.write("[rack-loader #{Process.pid}] #{message}:\n#{describe(exc)}")
+  rescue StandardError
+    nil
+  end
+
+  # -- Serving -------------------------------------------------------------
+
+  # Serves the app on the connections of a listening socket.
+  class Server
+    attr_reader :concurrency
+
+    def initialize(app, concurrency, parent_pid, agent_pid = nil)
+      @app = app
+      @concurrency = concurrency
+      @parent_pid = parent_pid
+      @agent_pid = agent_pid
+      @stop = false
+      @busy = false
+      @rack2 = !(defined?(::Rack.release) && ::Rack.release.to_i >= 3)
+      @body_proxy = defined?(::Rack::BodyProxy) ? ::Rack::BodyProxy : nil
+      @base_env = {
+        'rack.version' => PassengerRackLoader.rack_version,
+        'rack.errors' => $stderr,
+        'rack.multithread' => concurrency != 1,
+        'rack.multiprocess' => true,
+        'rack.run_once' => false,
+        'rack.hijack?' => false,
+        'rack.url_scheme' => 'http'
+      }.freeze
+      @mutex = Mutex.new
+      @threads = []
+      @wake_r, @wake_w = IO.pipe
+    end
+
+    # The stop signal (SIGTERM, SIGINT): in the main thread, from a trap.
+    def stop!
+      @stop = true
+      @wake_w.write_nonblock('.', exception: false)
+      raise Stop if @concurrency == 1 && !@busy
+    end
+
+    def stopping? = @stop
+
+    # Serves until stopped, the agent goes away or the socket is closed.
+    def serve(listener)
+      @listener = listener
+      # A blocking accept after select: a listening socket that was shut
+      # down then fails with EINVAL instead of spinning on EAGAIN.
+      listener.nonblock = false
+      if @concurrency == 1
+        PhusionPassenger.call_event(:starting_request_handler_thread)
+        accept_loop { |sock| serve_connection(sock) }
+      else
+        serve_threaded
+      end
+    rescue Stop
+      0
+    end
+
+    private
+
+    def serve_threaded
+      code = accept_loop(threaded: true) do |sock|
+        @mutex.synchronize { @threads << Thread.new(sock) { |s| serving_thread(s) } }
+      end
+      threads = @mutex.synchronize { @threads.dup }
+      threads.each { |t| t.raise(Stop) if t.alive? }
+      threads.each { |t| t.join(300) }
+      code
+    end
+
+    def serving_thread(sock)
+      Thread.handle_interrupt(Stop => :never) do
+        PhusionPassenger.call_event(:starting_request_handler_thread)
+        serve_connection(sock, true)
+      end
+    rescue Stop
+      nil
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      PassengerRackLoader.log_exception('a serving thread failed', e)
+    ensure
+      @mutex.synchronize { @threads.delete(Thread.current) }
+      @wake_w.write_nonblock('.', exception: false) rescue nil # rubocop:disable Style/RescueModifier
+    end
+
+    def room?
+      @concurrency.zero? || @threads.size < @concurrency
+    end
+
+    # Accepts connections until told to stop; checks every 2 s that the
+    # agent is still there. Returns the exit status.
+    def accept_loop(threaded: false)
+      listener = @listener
+      wake = [@wake_r]
+      both = [listener, @wake_r]
+      until @stop
+        readable, = IO.select(threaded && !room? ? wake : both, nil, nil, 2)
+        if readable.nil?
+          unless parent_alive?
+            PassengerRackLoader.log('the agent is gone; exiting')
+            return 0
+          end
+          next
+        end
+        if readable.include?(@wake_r)
+          @wake_r.read_nonblock(256, exception: false)
+          next unless readable.include?(listener)
+        end
+        next if threaded && !room?
+
+        begin
+          sock, = listener.accept
+        rescue Errno::ECONNABORTED, Errno::EPROTO, Errno::EINTR, Errno::EAGAIN
+          next
+        rescue Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM => e
+          PassengerRackLoader.log("accept() failed: #{e.message}")
+          sleep 0.1
+          next
+        rescue IOError, SystemCallError => e
+          PassengerRackLoader.log("the listening socket (fd 3) failed: #{e.message}; exiting")
+          return e.is_a?(Errno::EINVAL) ? 0 : 1
+        end
+        sock.nonblock = false
+        sock.binmode
+        yield sock
+      end
+      0
+    rescue IOError, Errno::EBADF => e
+      PassengerRackLoader.log("the listening socket (fd 3) was closed (#{e.message}); exiting")
+      1
+    end
+
+    def parent_alive?
+      return true if @parent_pid <= 1 || Process.ppid == @parent_pid
+      return false if @agent_pid.nil? || @agent_pid <= 1
+
+      Process.kill(0, @agent_pid)
+      true
+    rescue Errno::ESRCH
+      false
+    rescue Errno::EPERM
+      true
+    end
+
+    # The requests of one persistent connection, until EOF or an error.
+    def serve_connection(sock, threaded = false)
+      conn = Connection.new(sock)
+      while true
+        begin
+          type = if threaded
+                   Thread.handle_interrupt(Stop => :immediate) { conn.read_frame }
+                 else
+                   conn.read_frame
+                 end
+          break if type.nil?
+
+          case type
+          when T_REQUEST
+            @busy = true unless threaded
+            begin
+              handle_request(conn)
+            ensure
+              @busy = false unless threaded
+            end
+            if (failed = conn.failed)
+              raise failed if failed.is_a?(ProtocolError)
+
+              break
+            end
+            if @stop
+              raise Stop unless threaded
+
+              break
+            end
+          when T_PING
+            conn.write(PassengerRackLoader.frame(T_PONG, conn.rid))
+          when T_OOB_WORK
+            oob_work(conn)
+          else
+            raise ProtocolError.new("unexpected message type #{TYPE_NAMES[type]}", conn.rid, :unexpected)
+          end
+        rescue PeerAborted => e
+          PassengerRackLoader.log("the agent aborted a request: #{e.message}")
+          break
+        rescue ProtocolError => e
+          PassengerRackLoader.log("protocol error, closing the connection: #{e.message}")
+          break if e.kind == :eof
+
+          begin
+            sock.write(PassengerRackLoader.error_frame(e.code, e.message, e.request_id))
+          rescue IOError, SystemCallError
+            nil
+          end
+          break
+        end
+      end
+    rescue IOError, SystemCallError => e
+      unless e.is_a?(Errno::EPIPE) || e.is_a?(Errno::ECONNRESET)
+        PassengerRackLoader.log("connection error: #{e.class}: #{e.message}")
+      end
+    ensure
+      begin
+        sock.close
+      rescue IOError, SystemCallError
+        nil
+      end
+    end
+
+    def oob_work(conn)
+      rid = conn.rid
+      @busy = true if @concurrency == 1
+      begin
+        PassengerRackLoader.fire_each(:oob_work)
+      ensure
+        @busy = false if @concurrency == 1
+      end
+      conn.write(PassengerRackLoader.frame(T_OOB_DONE, rid))
+      raise Stop if @stop && @concurrency == 1
+    end
+
+    # The BODY frames after REQUEST, up to END or MORE: [prefix, more].
+    def read_body_prefix(conn, rid)
+      data = nil
+      while true
+        type = conn.read_request_frame(rid)
+        if type == T_BODY
+          chunk = conn.payload
+          if data.nil?
+            data = chunk
+          else
+            data = data.dup if data.frozen?
+            data << chunk
+          end
+          raise ProtocolError.new('the body prefix exceeds 64 KiB', rid) if data.bytesize > MAX_PREFIX
+        elsif type == T_END || type == T_MORE
+          return [data || Connection::EMPTY, type == T_MORE]
+        else
+          raise ProtocolError.new("unexpected message type #{TYPE_NAMES[type]} in the body prefix", rid, :unexpected)
+        end
+      end
+    end
+
+    def handle_request(conn)
+      rid = conn.rid
+      env = @base_env.dup
+      begin
+        flags = conn.decode_request(env, @base_env)
+      rescue ProtocolError => e
+        e.request_id = rid
+        raise
+      end
+      input = EMPTY_INPUT
+      if flags & FLAG_HAS_BODY != 0
+        prefix, more = read_body_prefix(conn, rid)
+        input = Input.new(conn, rid, prefix, more) if more || !prefix.empty?
+      end
+      PassengerRackLoader.complete_env(env, flags)
+      env['rack.input'] = input
+      finished = env['rack.response_finished'] = []
+      conn.head_sent = false
+      conn.ended = false
+      respond(conn, rid, env, input, finished)
+    ensure
+      input.detach if input.is_a?(Input)
+    end
+
+    def respond(conn, rid, env, input, finished)
+      head = env['REQUEST_METHOD'] == 'HEAD'
+      status = headers = body = error = nil
+      begin
+        status, headers, body = @app.call(env)
+        if head
+          out = PassengerRackLoader.encode_head(rid, status, headers)
+          [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+          conn.head_sent = conn.ended = true
+          conn.write(out)
+        elsif body.instance_of?(Array)
+          send_array(conn, rid, status, headers, body)
+        elsif (ary = array_of(body))
+          send_array(conn, rid, status, headers, ary)
+        elsif body.respond_to?(:each)
+          send_each(conn, rid, status, headers, body)
+        elsif body.respond_to?(:call)
+          send_call(conn, rid, status, headers, body, input)
+        else
+          raise TypeError, "the response body must respond to each or call (it is a #{body.class})"
+        end
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        error = e
+        fail_response(conn, rid, env, e, head)
+        raise if e.is_a?(SystemExit) || e.is_a?(SignalException) || e.is_a?(Stop)
+      ensure
+        if body.respond_to?(:close)
+          begin
+            body.close
+          rescue Exception => e # rubocop:disable Lint/RescueException
+            PassengerRackLoader.log_exception('the response body failed to close', e)
+            raise if e.is_a?(SystemExit) || e.is_a?(SignalException)
+          end
+        end
+        run_finished(finished, env, status, headers, error) unless finished.empty?
+      end
+    end
+
+    # The Array behind a body, when there is one: to_ary (Rack 3), or the
+    # array inside Rack 2's BodyProxy (which hides to_ary) - iterating the
+    # proxy would yield just that.
+    def array_of(body)
+      if @rack2 && @body_proxy && body.instance_of?(@body_proxy)
+        inner = body
+        inner = inner.instance_variable_get(:@body) while inner.instance_of?(@body_proxy)
+        return inner if inner.instance_of?(Array)
+      end
+      # Rack 2 says nothing of to_ary (and Rack 1 bodies answered it with
+      # the whole response): only Rack 3, whose to_ary closes the body, uses it.
+      return nil if @rack2 || !body.respond_to?(:to_ary)
+
+      ary = body.to_ary
+      ary.is_a?(Array) ? ary : nil
+    end
+
+    def send_array(conn, rid, status, headers, ary)
+      out = PassengerRackLoader.encode_head(rid, status, headers)
+      i = 0
+      n = ary.size
+      while i < n
+        chunk = ary[i]
+        i += 1
+        unless chunk.is_a?(String)
+          raise TypeError, "the response body must contain Strings, not #{chunk.class}"
+        end
+        next if chunk.empty?
+
+        PassengerRackLoader.append_body(out, rid, chunk)
+        next unless out.bytesize >= FLUSH_AT
+
+        conn.head_sent = true
+        conn.write(out)
+        out = String.new(capacity: 1024, encoding: BINARY)
+      end
+      [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+      conn.head_sent = conn.ended = true
+      conn.write(out)
+    end
+
+    def send_each(conn, rid, status, headers, body)
+      pending = PassengerRackLoader.encode_head(rid, status, headers)
+      body.each do |chunk|
+        raise TypeError, "the response body must yield Strings, not #{chunk.class}" unless chunk.is_a?(String)
+        next if chunk.empty?
+
+        if pending
+          out = pending
+          pending = nil
+        else
+          out = String.new(capacity: chunk.bytesize + 32, encoding: BINARY)
+        end
+        PassengerRackLoader.append_body(out, rid, chunk)
+        conn.head_sent = true
+        conn.write(out)
+      end
+      out = pending || String.new(capacity: 16, encoding: BINARY)
+      [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+      conn.head_sent = conn.ended = true
+      conn.write(out)
+    end
+
+    def send_call(conn, rid, status, headers, body, input)
+      out = PassengerRackLoader.encode_head(rid, status, headers)
+      conn.head_sent = true
+      conn.write(out)
+      stream = Stream.new(conn, rid, input)
+      body.call(stream)
+      stream.close
+    end
+
+    # The application failed: 500 before the RESPONSE, ERROR after it.
+    def fail_response(conn, rid, env, exc, head)
+      where = if !conn.head_sent then 'before the response headers were sent'
+              elsif conn.ended then 'after the response was complete'
+              else 'after the response headers were sent'
+              end
+      what = "#{env['REQUEST_METHOD']} #{env['SCRIPT_NAME']}#{env['PATH_INFO']}"
+      if conn.failed
+        PassengerRackLoader.log("request #{what} aborted: #{conn.failed.message}")
+        return
+      end
+      PassengerRackLoader.log_exception("error while serving #{what} (#{where})", exc)
+      return if conn.ended
+
+      if conn.head_sent
+        conn.ended = true
+        conn.write(PassengerRackLoader.error_frame(
+                     ERROR_APPLICATION,
+                     "the application failed after the response headers were sent: #{PassengerRackLoader.one_line(exc)}",
+                     rid
+                   ))
+      else
+        out = PassengerRackLoader.encode_head(rid, 500, ERROR_HEADERS)
+        PassengerRackLoader.append_body(out, rid, ERROR_PAGE) unless head
+        [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+        conn.head_sent = conn.ended = true
+        conn.write(out)
+      end
+    rescue IOError, SystemCallError
+      nil # conn.failed is set: the connection is dropped
+    end
+
+    def run_finished(finished, env, status, headers, error)
+      finished.reverse_each do |callback|
+        callback.call(env, status, headers, error)
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        raise if e.is_a?(SystemExit) || e.is_a?(SignalException)
+
+        PassengerRackLoader.log_exception('a rack.response_finished callback failed', e)
+      end
+    end
+  end
+
+  # rack.version: Rack::VERSION where it is still the SPEC version array.
+  def self.rack_version
+    if defined?(::Rack::VERSION) && ::Rack::VERSION.is_a?(Array)
+      ::Rack::VERSION
+    else
+      [1, 3]
+    end
+  end
+
+  def self.percent_decode(str)
+    str.gsub(/%[0-9A-Fa-f]{2}/n) { |m| m[1, 2].hex.chr }
+  end
+
+  # The CGI defaults and the Rack-specific fix-ups of a request's env.
+  def self.complete_env(env, flags)
+    if (value = env.delete('HTTP_CONTENT_LENGTH'))
+      env['CONTENT_LENGTH'] ||= value
+    end
+    if (value = env.delete('HTTP_CONTENT_TYPE'))
+      env['CONTENT_TYPE'] ||= value
+    end
+    env['REQUEST_METHOD'] ||= +'GET'
+    env['QUERY_STRING'] ||= +''
+    env['SERVER_NAME'] ||= +'localhost'
+    env['SERVER_PROTOCOL'] ||= +'HTTP/1.0'
+    https = env['HTTPS']
+    if flags & FLAG_HTTPS != 0 || (https && (https == 'on' || https == '1' || https.casecmp?('on')))
+      env['rack.url_scheme'] = 'https'
+      env['HTTPS'] ||= +'on'
+      env['SERVER_PORT'] ||= +'443'
+    else
+      env['SERVER_PORT'] ||= +'80'
+    end
+
+    script_name = env['SCRIPT_NAME'] ||= +''
+    path_info = env['PATH_INFO'] ||= +''
+    unless script_name.empty?
+      if script_name == '/'
+        env['SCRIPT_NAME'] = script_name = +''
+        path_info = env['PATH_INFO'] = "/#{path_info}" unless path_info.start_with?('/')
+      elsif !script_name.start_with?('/')
+        env['SCRIPT_NAME'] = script_name = "/#{script_name}"
+      end
+    end
+    if path_info.empty?
+      env['PATH_INFO'] = +'/' if script_name.empty?
+    elsif !path_info.start_with?('/')
+      env['PATH_INFO'] = path_info = "/#{path_info}"
+    end
+
+    # PATH_INFO arrives percent-decoded (CGI style); Rack apps expect it as
+    # sent by the client. Take it from REQUEST_URI when the two agree.
+    uri = env['REQUEST_URI']
+    if uri&.include?('%')
+      raw = (q = uri.index('?')) ? uri.byteslice(0, q) : uri
+      if raw.start_with?(script_name)
+        raw_info = raw.byteslice(script_name.bytesize, raw.bytesize - script_name.bytesize)
+        if raw_info.start_with?('/') && percent_decode(raw_info) == path_info.b
+          env['PATH_INFO'] = raw_info
+        end
+      end
+    end
+    env
+  end
+
+  # -- Loading the application ---------------------------------------------
+
+  # A minimal rackup DSL, for when the rack gem cannot be loaded.
+  class MiniBuilder
+    def initialize(&block)
+      @use = []
+      @run = nil
+      @warmup = nil
+      instance_eval(&block) if block
+    end
+
+    def use(middleware, *args, &block)
+      @use << proc { |app| middleware.new(app, *args, &block) }
+    end
+    ruby2_keywords(:use) if respond_to?(:ruby2_keywords, true)
+
+    def run(app = nil, &block)
+      @run = app || block
+    end
+
+    def warmup(prc = nil, &block)
+      @warmup = prc || block
+    end
+
+    def map(*)
+      raise NotImplementedError, "'map' in a rackup file needs the rack gem, which could not be loaded"
+    end
+
+    def to_app
+      raise ArgumentError, 'missing run or map statement' unless @run
+
+      app = @use.reverse.inject(@run) { |a, e| e.call(a) }
+      @warmup&.call(app)
+      app
+    end
+  end
+
+  # The rackup file as an app: Rack::Builder (Rack 2 or 3) evaluates it.
+  def self.load_rackup(path)
+    code = File.read(path, mode: 'rb').force_encoding(Encoding::UTF_8)
+    if code.valid_encoding?
+      code = code.delete_prefix("\uFEFF")
+      code = code.sub(/^__END__\n.*\z/m, '')
+    end
+    if defined?(::Rack::Builder)
+      ::Rack::Builder.new_from_string(code, path)
+    else
+      eval("PassengerRackLoader::MiniBuilder.new {\n#{code}\n}.to_app", TOPLEVEL_BINDING, path, 0) # rubocop:disable Security/Eval
+    end
+  end
+
+  # Bundler and friends (reference §4.6): the first that exists wins.
+  def self.setup_load_paths
+    if File.exist?('config/setup_load_paths.rb')
+      require File.expand_path('config/setup_load_paths.rb')
+    elsif File.exist?('.bundle/environment.rb')
+      require File.expand_path('.bundle/environment.rb')
+    elsif File.exist?('Gemfile') || File.exist?('gems.rb')
+      require 'bundler'
+      ::Bundler.setup
+    end
+  end
+
+  # Lets `require 'phusion_passenger/rack/out_of_band_gc'` (the old way)
+  # find the built-in PhusionPassenger libraries.
+  def self.provide_passenger_features
+    dir = File.join(File.dirname(LOADER_FILE), '.passenger-builtin')
+    $LOAD_PATH << dir unless $LOAD_PATH.include?(dir)
+    features = ['phusion_passenger.rb'] + PhusionPassenger::PROVIDED_LIBS.map { |l| "phusion_passenger/#{l}.rb" }
+    features.each do |f|
+      path = File.join(dir, f)
+      $LOADED_FEATURES << path unless $LOADED_FEATURES.include?(path)
+    end
+  end
+
+  def self.load_application(startup_file)
+    setup_load_paths
+    begin
+      require 'rack'
+      require 'uri' # Rack 2's Lint uses URI without loading it; servers do
+    rescue LoadError => e
+      log("the rack gem cannot be loaded (#{e.message}); using a minimal rackup DSL")
+    end
+    provide_passenger_features
+    path = File.expand_path(startup_file)
+    raise LoadError, "the startup file #{path} does not exist" unless File.file?(path)
+
+    app = load_rackup(path)
+    raise TypeError, "the rackup file #{path} gave #{app.inspect}, which does not respond to call" unless app.respond_to?(:call)
+
+    app
+  end
+
+  def self.concurrency_level
+    level = PhusionPassenger.advertised_concurrency_level
+    return 1 if level.nil?
+
+    unless level.is_a?(Integer) && level >= 0 && level < 2**32
+      raise ArgumentError, 'PhusionPassenger.advertised_concurrency_level must be nil or an Integer >= 0, ' \
+                           "not #{level.inspect}"
+    end
+    level
+  end
+
+  def self.bundler_error?(exc)
+    defined?(::Bundler::BundlerError) && exc.is_a?(::Bundler::BundlerError)
+  end
+
+  def self.spawn_error_summary(exc)
+    if bundler_error?(exc)
+      first = exc.message.to_s.strip.lines.first.to_s.chomp
+      if defined?(::Bundler::GemNotFound) && exc.is_a?(::Bundler::GemNotFound)
+        gem = first[/Could not find gem '([^']+)'/, 1] || first[/Could not find ([^\s,]+?)(?:-\d[^\s]*)? in/, 1]
+        return "Bundler could not find gem '#{gem}' (#{first}; run `bundle install` in the app root)" if gem
+      end
+      return "Bundler: #{one_line(exc)}"
+    end
+    one_line(exc)
+  end
+
+  def self.write_all(io, data)
+    io.write(data)
+    io.flush
+  end
+
+  def self.report_spawn_error(ready, exc)
+    summary = spawn_error_summary(exc)
+    details = describe(exc)
+    $stderr.write("[rack-loader #{Process.pid}] could not load the application: #{summary}\n#{details}")
+    summary = utf8(summary).byteslice(0, 4096).scrub('?')
+    details = utf8(details).byteslice(0, 512 * 1024).scrub('?')
+    begin
+      write_all(ready, frame(T_SPAWN_ERROR, 0, encode_bytes(summary) + encode_bytes(details)))
+      ready.close
+    rescue IOError, SystemCallError => e
+      log("could not report the spawn error on fd 4: #{e.message}")
+    end
+  end
+
+  # Writes READY on the readiness pipe and closes it. In a preloader the fd
+  # stays taken (by /dev/null) so that fd 4 is free for nothing else.
+  def self.report_ready(ready, concurrency, keep_fd: false)
+    write_all(ready, frame(T_READY, 0, [concurrency].pack('N')))
+    if keep_fd
+      ready.reopen(File::NULL, 'w')
+    else
+      ready.close
+    end
+  end
+
+  def self.install_traps(server)
+    handler = proc { server.stop! }
+    trap('TERM', &handler)
+    trap('INT', &handler)
+    trap('QUIT') { Thread.new { dump_threads } }
+    PhusionPassenger.call_event(:after_installing_signal_handlers)
+  rescue StandardError, ScriptError => e
+    log_exception('an after_installing_signal_handlers handler failed', e)
+  end
+
+  def self.dump_threads
+    text = +"[rack-loader #{Process.pid}] thread backtraces:\n"
+    Thread.list.each do |t|
+      text << "Thread #{t.inspect}:\n"
+      (t.backtrace || []).each { |l| text << "    #{l}\n" }
+    end
+    $stderr.write(text)
+  rescue StandardError
+    nil
+  end
+
+  # Reports READY on +ready+ and serves with a Server until it stops; then
+  # stopping_worker_process. The traps are set before READY goes out.
+  def self.run_server(app, concurrency, listener, ready, parent_pid, agent_pid = nil)
+    server = Server.new(app, concurrency, parent_pid, agent_pid)
+    code = 0
+    begin
+      install_traps(server)
+      begin
+        report_ready(ready, concurrency)
+      rescue IOError, SystemCallError => e
+        log("could not report readiness on fd 4: #{e.message}; exiting")
+        return code = 1
+      end
+      code = server.serve(listener)
+    rescue Stop
+      code = 0
+    rescue SystemExit => e
+      code = e.status
+    ensure
+      trap('TERM', 'IGNORE')
+      trap('INT', 'IGNORE')
+      begin
+        listener.close
+      rescue IOError, SystemCallError
+        nil
+      end
+      fire_each(:stopping_worker_process)
+    end
+    code
+  end
+
+  def self.socket_type(sock)
+    sock.getsockopt(Socket::SOL_SOCKET, Socket::SO_TYPE).int
+  end
+
+  def self.setup_environment(app_root)
+    ENV['PASSENGER_APP_ROOT'] ||= app_root
+    app_env = ENV['PASSENGER_APP_ENV'] || ENV['RACK_ENV'] || ENV['RAILS_ENV']
+    if app_env && !app_env.empty?
+      ENV['RACK_ENV'] ||= app_env
+      ENV['RAILS_ENV'] ||= app_env
+    end
+    base_uri = ENV['PASSENGER_BASE_URI']
+    return unless base_uri && !base_uri.empty? && base_uri != '/'
+
+    ENV['RAILS_RELATIVE_URL_ROOT'] ||= base_uri
+    ENV['RACK_BASE_URI'] ||= base_uri
+  end
+
+  def self.main
+    $stdout.sync = true
+    $stderr.sync = true
+    parent_pid = Process.ppid
+    preloader = ENV['PASSENGER_SPAWN_METHOD'] == 'smart'
+    app_root = ENV['PASSENGER_APP_ROOT']
+    app_root = Dir.pwd if app_root.nil? || app_root.empty?
+    startup_file = ENV['PASSENGER_STARTUP_FILE']
+    startup_file = 'config.ru' if startup_file.nil? || startup_file.empty?
+    begin
+      ready = IO.for_fd(4, 'w')
+      ready.close_on_exec = true
+      ready.binmode
+      ready.sync = true
+    rescue SystemCallError, ArgumentError => e
+      log("fd 4 (the readiness pipe) is not usable: #{e.message}; exiting")
+      return 1
+    end
+
+    begin
+      sock = Socket.for_fd(3)
+      sock.close_on_exec = true
+      sock.binmode
+      raise IOError, 'fd 3 is not a stream socket' unless socket_type(sock) == Socket::SOCK_STREAM
+      if sock.getsockopt(Socket::SOL_SOCKET, Socket::SO_ACCEPTCONN).bool == preloader
+        raise IOError, preloader ? 'fd 3 must be a connected socket (the control channel), not a listening one' :
+                                   'fd 3 is not a listening socket'
+      end
+
+      Dir.chdir(app_root) if Dir.pwd != app_root
+      setup_environment(app_root)
+      app = load_application(startup_file)
+      PhusionPassenger.call_event(:starting_worker_process, false) unless preloader
+      concurrency = concurrency_level
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      report_spawn_error(ready, e)
+      return 1
+    end
+
+    return Preloader.new(app, sock, ready, concurrency, parent_pid).run if preloader
+
+    run_server(app, concurrency, sock, ready, parent_pid)
+  end
+
+  # -- Smart spawning --------------------------------------------------------
+
+  # The control connection of a preloader: frames read with recvmsg so the
+  # descriptors sent with FORK (SCM_RIGHTS) are collected on the way.
+  class ControlConnection < Connection
+    attr_reader :fds
+
+    def initialize(io)
+      super
+      @fds = []
+    end
+
+    def fill
+      pending = @pos < @buf.bytesize
+      data, _addr, rflags, *controls = @io.recvmsg(RECV_SIZE, 0, 1024, scm_rights: true)
+      controls.each do |c|
+        @fds.concat(c.unix_rights) if c.cmsg_is?(:SOCKET, :RIGHTS) && c.unix_rights
+      end
+      if rflags.anybits?(Socket::MSG_CTRUNC)
+        PassengerRackLoader.log('received descriptors were truncated (MSG_CTRUNC)')
+      end
+      if data.nil? || data.empty?
+        raise ProtocolError.new('the connection was closed in the middle of a frame', 0, :eof) if pending
+
+        return false
+      end
+      rest = @pos.positive? ? @buf.unpack1('a*', offset: @pos) : @buf
+      rest << data
+      @buf = rest
+      @pos = 0
+      true
+    rescue Errno::ECONNRESET
+      raise ProtocolError.new('the connection was closed in the middle of a frame', 0, :eof) if pending
+
+      false
+    end
+  end
+
+  # Loads the app once, then forks a worker for every FORK frame.
+  class Preloader
+    def initialize(app, control, ready, concurrency, parent_pid)
+      @app = app
+      @control = control
+      @ready = ready
+      @concurrency = concurrency
+      @parent_pid = parent_pid
+      @stop = false
+    end
+
+    def run
+      trap('TERM') { raise Stop }
+      trap('INT') { raise Stop }
+      trap('QUIT') { Thread.new { PassengerRackLoader.dump_threads } }
+      compact
+      begin
+        PassengerRackLoader.report_ready(@ready, @concurrency, keep_fd: true)
+      rescue IOError, SystemCallError => e
+        PassengerRackLoader.log("could not report readiness on fd 4: #{e.message}; exiting")
+        return 1
+      end
+      serve_control
+    rescue Stop
+      0
+    end
+
+    private
+
+    # Copy-on-write friendliness: one full, compacting GC before any fork.
+    def compact
+      GC.start
+      GC.compact if GC.respond_to?(:compact)
+    rescue NotImplementedError, StandardError
+      nil
+    end
+
+    def serve_control
+      conn = ControlConnection.new(@control)
+      while true
+        readable, = IO.select([@control], nil, nil, 2)
+        unless readable
+          if @parent_pid > 1 && Process.ppid != @parent_pid
+            PassengerRackLoader.log('the agent is gone; the preloader exits')
+            return 0
+          end
+          next
+        end
+        type = conn.read_frame
+        return 0 if type.nil?
+
+        while type
+          case type
+          when T_FORK then fork_worker(conn)
+          when T_PING then @control.write(PassengerRackLoader.frame(T_PONG, conn.rid))
+          else
+            raise ProtocolError.new("unexpected message type #{TYPE_NAMES[type]} on the control channel",
+                                    conn.rid, :unexpected)
+          end
+          type = conn.buffered_frame
+        end
+      end
+    rescue ProtocolError => e
+      PassengerRackLoader.log("protocol error on the control channel: #{e.message}; the preloader exits")
+      unless e.kind == :eof
+        begin
+          @control.write(PassengerRackLoader.error_frame(e.code, e.message, e.request_id))
+        rescue IOError, SystemCallError
+          nil
+        end
+      end
+      1
+    rescue IOError, SystemCallError => e
+      PassengerRackLoader.log("the control channel failed: #{e.message}; the preloader exits")
+      1
+    end
+
+    def fork_worker(conn)
+      fds = conn.fds.shift(3)
+      if fds.size < 3
+        fds.each { |io| close_quietly(io) }
+        @control.write(PassengerRackLoader.error_frame(ERROR_PROTOCOL, 'FORK came without its three descriptors',
+                                                       conn.rid))
+        return
+      end
+      begin
+        pid = Process.fork do
+          exit(Worker.new(@app, @control, @ready, fds, conn.fds, @concurrency, @parent_pid).run)
+        end
+      rescue SystemCallError, NotImplementedError => e
+        fds.each { |io| close_quietly(io) }
+        @control.write(PassengerRackLoader.error_frame(ERROR_APPLICATION, "fork failed: #{e.message}", conn.rid))
+        return
+      end
+      fds.each { |io| close_quietly(io) }
+      Process.detach(pid)
+      @control.write(PassengerRackLoader.frame(T_FORKED, conn.rid, [pid].pack('N')))
+    end
+
+    def close_quietly(io)
+      io.close
+    rescue IOError, SystemCallError
+      nil
+    end
+  end
+
+  class Connection
+    # The next frame if it is already in the buffer, else nil (no reading).
+    def buffered_frame
+      return nil if @buf.bytesize - @pos < HEADER_LEN
+
+      len = @buf.unpack1('N', offset: @pos + 8)
+      return nil if len <= MAX_PAYLOAD && @buf.bytesize - @pos < HEADER_LEN + len
+
+      read_frame
+    end
+  end
+
+  # A worker freshly forked from the preloader.
+  class Worker
+    def initialize(app, control, ready_placeholder, fds, other_fds, concurrency, agent_pid)
+      @agent_pid = agent_pid
+      @app = app
+      @control = control
+      @ready_placeholder = ready_placeholder
+      @fds = fds
+      @other_fds = other_fds
+      @concurrency = concurrency
+    end
+
+    def run
+      preloader_pid = Process.ppid
+      trap('TERM', 'DEFAULT')
+      trap('INT', 'DEFAULT')
+      listener_io, ready_io, output_io = @fds
+      @other_fds.each { |io| io.close rescue nil } # rubocop:disable Style/RescueModifier
+      # fds 1 to 4 are taken (stdio, the control socket, the /dev/null that
+      # holds fd 4), so the received descriptors are elsewhere: dup2 is safe.
+      $stdout.reopen(output_io)
+      $stderr.reopen(output_io)
+      $stdout.sync = true
+      $stderr.sync = true
+      @control.reopen(listener_io)
+      @control.autoclose = false
+      @ready_placeholder.reopen(ready_io)
+      [listener_io, ready_io, output_io].each { |io| io.close rescue nil } # rubocop:disable Style/RescueModifier
+      ready = @ready_placeholder
+      ready.sync = true
+      listener = Socket.for_fd(3)
+      listener.close_on_exec = true
+      begin
+        raise IOError, 'the listening socket sent with FORK is not a stream socket' unless
+          PassengerRackLoader.socket_type(listener) == Socket::SOCK_STREAM
+
+        PhusionPassenger.call_event(:starting_worker_process, true)
+        concurrency = PassengerRackLoader.concurrency_level
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        PassengerRackLoader.report_spawn_error(ready, e)
+        return 1
+      end
+      PassengerRackLoader.run_server(@app, concurrency, listener, ready, preloader_pid, @agent_pid)
+    end
+  end
+end
+
+exit(PassengerRackLoader.main) if $PROGRAM_NAME == __FILE__
