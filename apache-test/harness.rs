@@ -21,8 +21,9 @@ const APACHE: &str = "/usr/sbin/apache2";
 /// Debian's module directory.
 const MODULES: &str = "/usr/lib/apache2/modules";
 
-/// Serializes the tests: each starts a whole Apache, and the machine has two cores.
-static LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+/// Serializes the tests: each starts a whole Apache, and the machine has two
+/// cores. Reentrant, so one test may run two Apaches.
+static LOCK: parking_lot::ReentrantMutex<()> = parking_lot::ReentrantMutex::new(());
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The repository root.
@@ -51,7 +52,7 @@ pub struct Apache {
     pub port: u16,
     allowed: Vec<String>,
     stopped: bool,
-    _guard: parking_lot::MutexGuard<'static, ()>,
+    _guard: parking_lot::ReentrantMutexGuard<'static, ()>,
 }
 
 /// A scenario: extra configuration and the apps it needs.

@@ -6,6 +6,7 @@ mod errors;
 mod harness;
 mod node;
 mod pool;
+mod rack;
 mod restart;
 mod smart;
 mod suburi;

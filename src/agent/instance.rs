@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 /// The loader scripts, built into the agent so it never runs a script from
 /// a place someone else could write to.
-const LOADERS: [(&str, &str); 2] = [
+const LOADERS: [(&str, &str); 3] = [
     ("wsgi-loader.py", include_str!("../loaders/wsgi-loader.py")),
+    ("rack-loader.rb", include_str!("../loaders/rack-loader.rb")),
     ("node-loader.js", include_str!("../loaders/node-loader.js")),
 ];
 

@@ -1,0 +1,46 @@
+# The end-to-end Rack app: wrapped in Rack::Lint, so any Rack SPEC
+# violation on our side raises.
+require 'json'
+require 'rack/lint'
+
+LOADED_BY = Process.pid
+$forked = nil
+PhusionPassenger.on_event(:starting_worker_process) { |forked| $forked = forked }
+PhusionPassenger.require_passenger_lib 'rack/out_of_band_gc'
+
+class Streaming
+  def each
+    3.times do |i|
+      yield "chunk #{i} at #{Time.now.to_f}\n"
+      sleep 0.4
+    end
+  end
+end
+
+app = lambda do |env|
+  case env['PATH_INFO']
+  when '/env'
+    data = env.select { |k, v| v.is_a?(String) }
+    data['rack.url_scheme'] = env['rack.url_scheme']
+    data['pid'] = Process.pid
+    data['loaded_by'] = LOADED_BY
+    data['forked'] = $forked
+    data['passenger_defined'] = !defined?(PhusionPassenger).nil?
+    data['hijack'] = env['rack.hijack?']
+    [200, { 'content-type' => 'application/json' }, [JSON.generate(data)]]
+  when '/echo'
+    body = env['rack.input'].read
+    env['rack.input'].rewind if env['rack.input'].respond_to?(:rewind)
+    [200, { 'content-type' => 'text/plain' }, ["#{body.bytesize} #{Digest::SHA256.hexdigest(body)}"]]
+  when '/stream'
+    [200, { 'content-type' => 'text/plain' }, Streaming.new]
+  when '/cookies'
+    [201, { 'content-type' => 'text/plain', 'set-cookie' => "a=1\nb=2" }, ['cookies']]
+  else
+    [200, { 'content-type' => 'text/plain' }, ['hello from rack']]
+  end
+end
+
+require 'digest'
+use PhusionPassenger::Rack::OutOfBandGc, 1000
+run Rack::Lint.new(app)

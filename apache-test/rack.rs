@@ -1,0 +1,175 @@
+//! Rack apps through a real Apache: the Rack env under Rack::Lint, smart
+//! spawning (the default for Ruby), streaming, the PhusionPassenger API and
+//! Bundler.
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Apache, Scenario};
+
+fn rack_apache(app: &'static str, extra: &str) -> Apache {
+    Apache::start(
+        Scenario::new(&format!(
+            r#"<VirtualHost 127.0.0.1:{{port}}>
+    ServerName 127.0.0.1
+    DocumentRoot {{dir}}/apps/{app}/public
+    {extra}
+    <Directory {{dir}}/apps/{app}/public>
+        Require all granted
+    </Directory>
+</VirtualHost>
+"#
+        ))
+        .app(app),
+    )
+}
+
+fn env(apache: &Apache, path: &str) -> serde_json::Value {
+    let response = apache.get(path);
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_rack_app_gets_a_lint_clean_env() {
+    let apache = rack_apache("rack", "");
+    assert_eq!(apache.get("/").text(), "hello from rack");
+    assert_eq!(apache.get("/static.txt").text(), "static file\n");
+    let e = env(&apache, "/env?a=%20b&c");
+    assert_eq!(e["QUERY_STRING"], "a=%20b&c");
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/env");
+    assert_eq!(e["REQUEST_METHOD"], "GET");
+    assert_eq!(e["rack.url_scheme"], "http");
+    assert_eq!(e["passenger_defined"], true);
+    assert_eq!(e["hijack"], false);
+    assert_eq!(e["RACK_ENV"], serde_json::Value::Null);
+
+    let body: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let digest = sha256_hex(&body);
+    let mut raw = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    raw.extend_from_slice(&body);
+    assert_eq!(
+        apache.request(&raw).text(),
+        format!("{} {digest}", body.len())
+    );
+    let mut chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in body.chunks(70_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(
+        apache.request(&chunked).text(),
+        format!("{} {digest}", body.len())
+    );
+    let head = apache.request(b"HEAD /cookies HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(head.status, 201);
+    let cookies = apache.get("/cookies");
+    assert_eq!(cookies.all("Set-Cookie"), vec!["a=1", "b=2"]);
+    assert!(
+        !apache.error_log().contains("LintError"),
+        "{}",
+        apache.error_log()
+    );
+}
+
+#[test]
+fn ruby_apps_are_forked_from_a_preloader_by_default() {
+    let apache = rack_apache("rack", "");
+    let e = env(&apache, "/env");
+    assert_eq!(
+        e["forked"], true,
+        "starting_worker_process(forked = true) in smart mode"
+    );
+    assert_ne!(e["loaded_by"], e["pid"], "the preloader loaded the app");
+}
+
+#[test]
+fn direct_spawning_loads_the_app_in_each_process() {
+    let direct = rack_apache("rack", "PassengerSpawnMethod direct");
+    let e = env(&direct, "/env");
+    assert_eq!(e["forked"], false);
+    assert_eq!(e["loaded_by"], e["pid"]);
+}
+
+#[test]
+fn a_streaming_rack_body_reaches_the_client_as_it_is_produced() {
+    let apache = rack_apache("rack", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut reader = BufReader::new(s);
+    let (mut first, mut chunks, mut line) = (None, 0, String::new());
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("chunk ") {
+            chunks += 1;
+            first.get_or_insert(started.elapsed());
+        }
+        line.clear();
+    }
+    assert_eq!(chunks, 3);
+    assert!(first.unwrap() + Duration::from_millis(600) < started.elapsed());
+}
+
+/// Writes the app's Gemfile.lock for the rack gem installed here, so
+/// Bundler resolves offline.
+fn lock_rack(apache: &Apache, app: &str) {
+    let version = std::process::Command::new("ruby")
+        .args(["-e", "require 'rack'; print Rack.release"])
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let lock = format!(
+        "GEM\n  remote: https://rubygems.org/\n  specs:\n    rack ({version})\n\nPLATFORMS\n  ruby\n\nDEPENDENCIES\n  rack\n"
+    );
+    std::fs::write(apache.dir.join("apps").join(app).join("Gemfile.lock"), lock).unwrap();
+}
+
+#[test]
+fn a_gemfile_app_runs_under_bundler() {
+    let apache = rack_apache("rack-bundler", "");
+    lock_rack(&apache, "rack-bundler");
+    assert_eq!(
+        apache.get("/").text(),
+        "bundled yes",
+        "{}",
+        apache.error_log()
+    );
+}
+
+#[test]
+fn a_missing_gem_is_named_on_the_error_page() {
+    let mut apache = rack_apache("rack-bundler", "PassengerFriendlyErrorPages on");
+    apache.allow("MP0404");
+    std::fs::write(
+        apache.dir.join("apps/rack-bundler/Gemfile"),
+        "source 'https://rubygems.org'\ngem 'rack'\ngem 'no_such_gem_anywhere'\n",
+    )
+    .unwrap();
+    let page = apache.get("/");
+    assert_eq!(page.status, 500);
+    assert!(
+        page.text().contains("no_such_gem_anywhere"),
+        "{}",
+        page.text()
+    );
+}
