@@ -228,7 +228,8 @@ fn serve_request(
         options,
         env,
     } = head;
-    let (prefix, mut body) = if flags & crate::protocol::REQUEST_HAS_BODY != 0 {
+    let has_body = flags & crate::protocol::REQUEST_HAS_BODY != 0;
+    let (prefix, mut body) = if has_body {
         read_prefix(module, id)?
     } else {
         (Vec::new(), BodyState::Ended)
@@ -246,13 +247,11 @@ fn serve_request(
             );
         }
     };
-    let app_head = RequestHead {
-        flags,
-        options: Vec::new(),
-        env,
-    };
     // Only an error page needs to know what the request accepts.
-    let kind = || RequestKind::of(&app_head.env);
+    let kind = || RequestKind::of(&env);
+    // Encoded once: a retry on another process sends the same bytes.
+    let mut request_frame = Vec::new();
+    protocol::encode_request(id, flags, &Vec::new(), &env, &mut request_frame);
     let deadline = (options.max_request_time > 0)
         .then(|| Instant::now() + Duration::from_secs(options.max_request_time));
     let mut outcome = RelayOutcome::default();
@@ -274,7 +273,8 @@ fn serve_request(
             module,
             &mut lease,
             id,
-            &app_head,
+            &request_frame,
+            has_body,
             &prefix,
             &mut body,
             &mut outcome,
@@ -330,7 +330,8 @@ fn dispatch(
     module: &mut ModuleConnection,
     lease: &mut Lease,
     id: u32,
-    head: &RequestHead,
+    request_frame: &[u8],
+    has_body: bool,
     prefix: &[Vec<u8>],
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
@@ -346,7 +347,7 @@ fn dispatch(
         let app = lease
             .connection()
             .map_err(|e| broken(format!("cannot connect: {e}")))?;
-        let result = send_request(app, id, head, prefix, body)
+        let result = send_request(app, id, request_frame, has_body, prefix, body)
             .map_err(|e| broken(e.to_string()))
             .and_then(|()| relay(module, app, id, body, outcome, deadline));
         match result {
@@ -372,12 +373,13 @@ fn dispatch(
 fn send_request(
     app: &mut AppConnection,
     id: u32,
-    head: &RequestHead,
+    request_frame: &[u8],
+    has_body: bool,
     prefix: &[Vec<u8>],
     body: &BodyState,
 ) -> Result<(), protocol::Error> {
-    app.queue(id, &Message::Request(head.clone()));
-    if head.has_body() {
+    app.queue_encoded(request_frame);
+    if has_body {
         for chunk in prefix {
             app.queue_body(id, chunk)?;
         }

@@ -212,7 +212,7 @@ pub unsafe extern "C" fn mp_handle_request(
         );
         let mut bridge = Bridge { io };
         let (status, code) = match handler::handle(
-            &head,
+            head,
             info.has_body,
             handle.dir.error_override(),
             &mut bridge,

@@ -21,6 +21,10 @@ use std::io;
 use crate::module::client::{self, AgentConnection};
 use crate::protocol::{MAX_BODY_CHUNK, Message, Pairs, RequestHead, ResponseHead, Role};
 
+/// The request id on the agent connection: one request at a time, so a
+/// constant does; a frame with another id means the connection is out of step.
+const ID: u32 = 1;
+
 /// How Rust moves a request's bytes through Apache.
 pub trait RequestIo {
     /// Reads request body bytes; `Ok(0)` at the end of the body.
@@ -59,7 +63,7 @@ struct Body {
 /// its body is read and dropped, and Apache answers with its own
 /// ErrorDocument for that status.
 pub fn handle(
-    head: &RequestHead,
+    head: RequestHead,
     has_body: bool,
     error_override: bool,
     io: &mut dyn RequestIo,
@@ -73,6 +77,9 @@ pub fn handle(
         log::info!(target: "MP0201", "the client's request body could not be read: {e}");
         return Outcome::Failed(400);
     }
+    // Encoded once: a retry on a fresh connection sends the same bytes.
+    let mut request_frame = Vec::new();
+    Message::Request(head).encode(ID, &mut request_frame);
     let mut retried = false;
     loop {
         let (mut conn, reused) = match client::take_idle() {
@@ -85,7 +92,14 @@ pub fn handle(
                 }
             },
         };
-        match exchange(&mut conn, head, has_body, error_override, &mut body, io) {
+        match exchange(
+            &mut conn,
+            &request_frame,
+            has_body,
+            error_override,
+            &mut body,
+            io,
+        ) {
             Exchange::Finished(outcome, keep) => {
                 if keep {
                     client::put_idle(conn);
@@ -130,14 +144,13 @@ fn read_prefix(io: &mut dyn RequestIo, body: &mut Body) -> io::Result<()> {
 /// Sends the request and relays frames until the request ends.
 fn exchange(
     conn: &mut AgentConnection,
-    head: &RequestHead,
+    request_frame: &[u8],
     has_body: bool,
     error_override: bool,
     body: &mut Body,
     io: &mut dyn RequestIo,
 ) -> Exchange {
-    const ID: u32 = 1;
-    conn.queue(ID, &Message::Request(head.clone()));
+    conn.queue_encoded(request_frame);
     if has_body {
         if !body.prefix.is_empty()
             && let Err(e) = conn.queue_body(ID, &body.prefix)

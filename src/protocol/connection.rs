@@ -177,6 +177,14 @@ impl<S: Read + Write> Connection<S> {
         msg.encode(request_id, &mut self.wbuf);
     }
 
+    /// Queues frames that were encoded with [`Message::encode`] beforehand
+    /// (to send the same request again without encoding it again).
+    pub fn queue_encoded(&mut self, frames: &[u8]) {
+        if self.refused.is_none() {
+            self.wbuf.extend_from_slice(frames);
+        }
+    }
+
     /// Queues a `BODY` frame carrying `data` (1 byte to [`MAX_BODY_CHUNK`]
     /// by convention).
     ///

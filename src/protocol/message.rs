@@ -393,6 +393,21 @@ impl Message {
     }
 }
 
+/// Appends a whole `REQUEST` frame built from borrowed parts: the same
+/// bytes as [`Message::Request`] would encode, without owning them.
+pub fn encode_request(request_id: u32, flags: u8, options: &Pairs, env: &Pairs, out: &mut Vec<u8>) {
+    let len = 1 + pairs_len(options) + pairs_len(env);
+    FrameHeader {
+        kind: kind::REQUEST,
+        request_id,
+        len: u32::try_from(len).unwrap_or(u32::MAX),
+    }
+    .encode(out);
+    out.push(flags);
+    put_pairs(out, options);
+    put_pairs(out, env);
+}
+
 /// Appends the 12-byte header of a `BODY` frame whose `len` payload bytes the
 /// caller appends or writes next. Lets a body chunk go out without first
 /// being copied into a [`Message::Body`]. `len` must not exceed
@@ -613,6 +628,18 @@ mod tests {
             let (rid, back, used) = parse_frame(&bytes).unwrap().unwrap();
             assert_eq!((rid, &back, used), (id, &m, bytes.len()));
         }
+    }
+
+    #[test]
+    fn encode_request_matches_the_message() {
+        let head = RequestHead {
+            flags: REQUEST_HAS_BODY,
+            options: pairs(&[("PassengerAppRoot", "/srv/app")]),
+            env: pairs(&[("REQUEST_METHOD", "POST")]),
+        };
+        let mut borrowed = Vec::new();
+        encode_request(9, head.flags, &head.options, &head.env, &mut borrowed);
+        assert_eq!(borrowed, encoded(9, &Message::Request(head)));
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub use frame::{
 };
 pub use message::{
     ERROR_UNSUPPORTED_VERSION, Message, Pairs, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead,
-    ResponseHead, Role, encode_body_header, parse_frame,
+    ResponseHead, Role, encode_body_header, encode_request, parse_frame,
 };
 
 /// Everything that can go wrong reading or writing frames.
