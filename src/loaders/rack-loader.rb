@@ -407,6 +407,25 @@ module PassengerRackLoader
       raise
     end
 
+    # Writes Strings with one writev (Ruby's IO#write with several).
+    def write_parts(parts)
+      raise IOError, "the connection to the agent is broken: #{@failed.message}" if @failed
+
+      if parts.size == 1
+        @io.write(parts[0])
+      else
+        parts.each_slice(512) { |slice| @io.write(*slice) }
+      end
+    rescue SystemCallError, IOError => e
+      @failed ||= e
+      raise
+    end
+
+    # The request id of the last frame as its 4 bytes (before any more reading).
+    def rid_bytes
+      @buf.byteslice(@poff - 8, 4)
+    end
+
     # The next frame of request +rid+, answering PINGs on the way.
     def read_request_frame(rid)
       while true
@@ -455,21 +474,31 @@ module PassengerRackLoader
       blen = b.bytesize
       expected = env.size + count
       i = 0
+      # The hot loop: a length below 256 (three zero bytes first) is read
+      # with getbyte, cheaper than unpack1; a frozen key is stored as it is
+      # (an unfrozen one would be interned, which costs more).
       while i < count
         raise ProtocolError.new('truncated pairs', @rid) if off + 4 > stop
 
-        klen = b.unpack1('N', offset: off)
-        kstart = off + 4
-        kend = kstart + klen
+        klen = if b.getbyte(off) == 0 && b.getbyte(off + 1) == 0 && b.getbyte(off + 2) == 0
+                 b.getbyte(off + 3)
+               else
+                 b.unpack1('N', offset: off)
+               end
+        kend = off + 4 + klen
         raise ProtocolError.new('pair length exceeds the payload', @rid) if kend + 4 > stop
 
-        vlen = b.unpack1('N', offset: kend)
+        vlen = if b.getbyte(kend) == 0 && b.getbyte(kend + 1) == 0 && b.getbyte(kend + 2) == 0
+                 b.getbyte(kend + 3)
+               else
+                 b.unpack1('N', offset: kend)
+               end
         vstart = kend + 4
+        key = b.byteslice(off + 4, klen).freeze
         off = vstart + vlen
         raise ProtocolError.new('pair length exceeds the payload', @rid) if off > stop
 
-        env[-b.byteslice(kstart, klen)] =
-          off == blen ? b.unpack1('a*', offset: vstart) : b.byteslice(vstart, vlen)
+        env[key] = off == blen ? b.unpack1('a*', offset: vstart) : b.byteslice(vstart, vlen)
         i += 1
       end
       raise ProtocolError.new("#{stop - off} trailing bytes after the REQUEST payload", @rid) if off != stop
@@ -782,9 +811,9 @@ module PassengerRackLoader
   # The stream given to a Rack 3 streaming body (one that responds to call):
   # writes become BODY frames at once; close ends the response.
   class Stream
-    def initialize(conn, rid, input)
+    def initialize(conn, rid4, input)
       @conn = conn
-      @rid = rid
+      @rid4 = rid4
       @input = input
       @closed = false
     end
@@ -795,9 +824,10 @@ module PassengerRackLoader
       data = data.to_s
       n = data.bytesize
       if n.positive?
-        out = String.new(capacity: n + 32, encoding: BINARY)
-        PassengerRackLoader.append_body(out, @rid, data)
-        @conn.write(out)
+        parts = []
+        out = PassengerRackLoader.add_body(parts, String.new(EMPTY_BIN), @rid4, data)
+        parts << out unless out.empty?
+        @conn.write_parts(parts)
       end
       n
     end
@@ -827,7 +857,7 @@ module PassengerRackLoader
       @closed = true
       unless @conn.ended
         @conn.ended = true
-        @conn.write([MAGIC, VERSION, T_END, @rid, 0].pack(FRAME))
+        @conn.write(PassengerRackLoader.end_frame(@rid4))
       end
       nil
     end
@@ -835,19 +865,40 @@ module PassengerRackLoader
     def closed? = @closed
   end
 
-  # Appends +chunk+ as BODY frames of at most 64 KiB to +out+.
-  def self.append_body(out, rid, chunk)
+  EMPTY_BIN = ''.b.freeze
+  ZERO4 = "\0\0\0\0".b.freeze
+  M_RESPONSE = "MP\x01\x20".b.freeze
+  M_BODY = "MP\x01\x11".b.freeze
+  M_END = "MP\x01\x12".b.freeze
+  # Big-endian u32 encodings of 0...1024: lengths without Array#pack.
+  U32 = Array.new(1024) { |i| [i].pack('N').freeze }.freeze
+  SMALL_CHUNK = 4096 # smaller chunks are copied next to their frame header
+
+  def self.u32(n)
+    n < 1024 ? U32[n] : [n].pack('N')
+  end
+
+  def self.end_frame(rid4)
+    String.new(M_END) << rid4 << ZERO4
+  end
+
+  # Adds +chunk+ as BODY frames of at most 64 KiB: a small chunk that can be
+  # appended is copied into +out+; any other goes into +parts+ as it is (the
+  # parts are written with one writev). Returns the String to go on with.
+  def self.add_body(parts, out, rid4, chunk)
     n = chunk.bytesize
-    if n <= MAX_CHUNK
-      [MAGIC, VERSION, T_BODY, rid, n, chunk].pack('nCCNNa*', buffer: out)
-    else
-      off = 0
-      while off < n
-        m = n - off
-        m = MAX_CHUNK if m > MAX_CHUNK
-        [MAGIC, VERSION, T_BODY, rid, m, chunk.byteslice(off, m)].pack('nCCNNa*', buffer: out)
-        off += m
-      end
+    if n <= SMALL_CHUNK && (chunk.encoding == BINARY || chunk.ascii_only?)
+      return out << M_BODY << rid4 << u32(n) << chunk
+    end
+
+    off = 0
+    while off < n
+      m = n - off
+      m = MAX_CHUNK if m > MAX_CHUNK
+      out << M_BODY << rid4 << u32(m)
+      parts << out << (m == n ? chunk : chunk.byteslice(off, m))
+      out = String.new(EMPTY_BIN)
+      off += m
     end
     out
   end
@@ -871,8 +922,6 @@ module PassengerRackLoader
   TOKEN = /\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\z/.freeze
   BAD_VALUE = /[\r\n\0]/.freeze
   BAD_LINE = /[\r\0]/.freeze
-  HOLE12 = ("\0" * 12).b.freeze # a frame header, patched in later
-  HOLE4 = ("\0" * 4).b.freeze # a header count, patched in later
 
   ERROR_PAGE = ("<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>" \
                 "<body><h1>500 Internal Server Error</h1></body></html>\n").b.freeze
@@ -922,58 +971,48 @@ module PassengerRackLoader
 
   # A RESPONSE frame (a new binary String, to append body frames to). Rack 2
   # header values with "\n" become repeated headers; Rack 3 array values too.
-  def self.encode_head(rid, status, headers)
-    out = String.new(capacity: 512, encoding: BINARY)
-    out << HOLE12
-    out << status_bytes(status)
-    count_at = out.bytesize
-    out << HOLE4
+  def self.encode_head(rid4, status, headers)
+    sb = @status_cache[status] || status_bytes(status)
+    pairs = String.new(EMPTY_BIN)
     count = 0
+    names = @name_cache
     headers.each do |name, value|
-      enc = encoded_name(name)
+      enc = names[name]
+      enc = encoded_name(name) if enc.nil?
       next unless enc
 
-      if value.is_a?(String)
-        if BAD_VALUE.match?(value)
-          count += add_lines(out, enc, name, value)
-        else
-          out << enc
-          [value.bytesize, value].pack('Na*', buffer: out)
-          count += 1
-        end
-      elsif value.is_a?(Array)
-        value.each do |item|
-          item = item.to_s
-          if BAD_VALUE.match?(item)
-            count += add_lines(out, enc, name, item)
-          else
-            out << enc
-            [item.bytesize, item].pack('Na*', buffer: out)
-            count += 1
-          end
-        end
-      elsif !value.nil?
-        count += add_lines(out, enc, name, value.to_s)
+      if value.is_a?(String) && value.bytesize < 1024 && value.ascii_only? && !BAD_VALUE.match?(value)
+        pairs << enc << U32[value.bytesize] << value
+        count += 1
+      else
+        count += add_values(pairs, enc, name, value)
       end
     end
-    len = out.bytesize - HEADER_LEN
+    len = sb.bytesize + 4 + pairs.bytesize
     raise ArgumentError, 'the response headers exceed the 1 MiB frame limit' if len > MAX_PAYLOAD
 
-    out[count_at, 4] = [count].pack('N')
-    out[0, HEADER_LEN] = [MAGIC, VERSION, T_RESPONSE, rid, len].pack(FRAME)
-    out
+    String.new(M_RESPONSE) << rid4 << u32(len) << sb << u32(count) << pairs
   end
 
-  def self.add_lines(out, enc, name, value)
-    n = 0
-    value.split("\n").each do |line|
-      raise ArgumentError, "invalid character (CR or NUL) in the value of header #{name.inspect}" if BAD_LINE.match?(line)
+  # The slow path of a header: arrays, lines, non-ASCII or long values.
+  def self.add_values(out, enc, name, value)
+    return 0 if value.nil?
 
-      out << enc
-      [line.bytesize, line].pack('Na*', buffer: out)
-      n += 1
+    if value.is_a?(Array)
+      value.sum { |item| add_values(out, enc, name, item) }
+    else
+      value = value.to_s
+      n = 0
+      lines = value.include?("\n") ? value.split("\n") : [value]
+      lines.each do |line|
+        raise ArgumentError, "invalid character (CR or NUL) in the value of header #{name.inspect}" if BAD_LINE.match?(line)
+
+        out << enc
+        [line.bytesize, line].pack('Na*', buffer: out)
+        n += 1
+      end
+      n
     end
-    n
   end
 
   # -- Logging -------------------------------------------------------------
@@ -1266,6 +1305,7 @@ module PassengerRackLoader
 
     def handle_request(conn)
       rid = conn.rid
+      rid4 = conn.rid_bytes
       env = @base_env.dup
       begin
         flags = conn.decode_request(env, @base_env)
@@ -1283,35 +1323,34 @@ module PassengerRackLoader
       finished = env['rack.response_finished'] = []
       conn.head_sent = false
       conn.ended = false
-      respond(conn, rid, env, input, finished)
+      respond(conn, rid, rid4, env, input, finished)
     ensure
       input.detach if input.is_a?(Input)
     end
 
-    def respond(conn, rid, env, input, finished)
+    def respond(conn, rid, rid4, env, input, finished)
       head = env['REQUEST_METHOD'] == 'HEAD'
       status = headers = body = error = nil
       begin
         status, headers, body = @app.call(env)
         if head
-          out = PassengerRackLoader.encode_head(rid, status, headers)
-          [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+          out = PassengerRackLoader.encode_head(rid4, status, headers) << M_END << rid4 << ZERO4
           conn.head_sent = conn.ended = true
           conn.write(out)
         elsif body.instance_of?(Array)
-          send_array(conn, rid, status, headers, body)
+          send_array(conn, rid4, status, headers, body)
         elsif (ary = array_of(body))
-          send_array(conn, rid, status, headers, ary)
+          send_array(conn, rid4, status, headers, ary)
         elsif body.respond_to?(:each)
-          send_each(conn, rid, status, headers, body)
+          send_each(conn, rid4, status, headers, body)
         elsif body.respond_to?(:call)
-          send_call(conn, rid, status, headers, body, input)
+          send_call(conn, rid4, status, headers, body, input)
         else
           raise TypeError, "the response body must respond to each or call (it is a #{body.class})"
         end
       rescue Exception => e # rubocop:disable Lint/RescueException
         error = e
-        fail_response(conn, rid, env, e, head)
+        fail_response(conn, rid, rid4, env, e, head)
         raise if e.is_a?(SystemExit) || e.is_a?(SignalException) || e.is_a?(Stop)
       ensure
         if body.respond_to?(:close)
@@ -1343,63 +1382,69 @@ module PassengerRackLoader
       ary.is_a?(Array) ? ary : nil
     end
 
-    def send_array(conn, rid, status, headers, ary)
-      out = PassengerRackLoader.encode_head(rid, status, headers)
+    # An array body: RESPONSE, BODY frames and END in one writev (several
+    # for a big body).
+    def send_array(conn, rid4, status, headers, ary)
+      out = PassengerRackLoader.encode_head(rid4, status, headers)
+      parts = []
+      size = 0
       i = 0
       n = ary.size
       while i < n
         chunk = ary[i]
         i += 1
-        unless chunk.is_a?(String)
-          raise TypeError, "the response body must contain Strings, not #{chunk.class}"
-        end
+        raise TypeError, "the response body must contain Strings, not #{chunk.class}" unless chunk.is_a?(String)
         next if chunk.empty?
 
-        PassengerRackLoader.append_body(out, rid, chunk)
-        next unless out.bytesize >= FLUSH_AT
+        out = PassengerRackLoader.add_body(parts, out, rid4, chunk)
+        size += chunk.bytesize
+        next if size < FLUSH_AT
 
+        parts << out
         conn.head_sent = true
-        conn.write(out)
-        out = String.new(capacity: 1024, encoding: BINARY)
+        conn.write_parts(parts)
+        parts = []
+        out = String.new(EMPTY_BIN)
+        size = 0
       end
-      [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+      parts << (out << M_END << rid4 << ZERO4)
       conn.head_sent = conn.ended = true
-      conn.write(out)
+      conn.write_parts(parts)
     end
 
-    def send_each(conn, rid, status, headers, body)
-      pending = PassengerRackLoader.encode_head(rid, status, headers)
+    # A body to iterate: each non-empty chunk is sent at once.
+    def send_each(conn, rid4, status, headers, body)
+      pending = PassengerRackLoader.encode_head(rid4, status, headers)
+      parts = []
       body.each do |chunk|
         raise TypeError, "the response body must yield Strings, not #{chunk.class}" unless chunk.is_a?(String)
         next if chunk.empty?
 
-        if pending
-          out = pending
-          pending = nil
-        else
-          out = String.new(capacity: chunk.bytesize + 32, encoding: BINARY)
-        end
-        PassengerRackLoader.append_body(out, rid, chunk)
+        out = pending || String.new(EMPTY_BIN)
+        pending = nil
+        out = PassengerRackLoader.add_body(parts, out, rid4, chunk)
+        parts << out unless out.empty?
         conn.head_sent = true
-        conn.write(out)
+        conn.write_parts(parts)
+        parts.clear
       end
-      out = pending || String.new(capacity: 16, encoding: BINARY)
-      [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+      out = (pending || String.new(EMPTY_BIN)) << M_END << rid4 << ZERO4
       conn.head_sent = conn.ended = true
       conn.write(out)
     end
 
-    def send_call(conn, rid, status, headers, body, input)
-      out = PassengerRackLoader.encode_head(rid, status, headers)
+    # A Rack 3 streaming body: the headers go out first, then body.call.
+    def send_call(conn, rid4, status, headers, body, input)
+      out = PassengerRackLoader.encode_head(rid4, status, headers)
       conn.head_sent = true
       conn.write(out)
-      stream = Stream.new(conn, rid, input)
+      stream = Stream.new(conn, rid4, input)
       body.call(stream)
       stream.close
     end
 
     # The application failed: 500 before the RESPONSE, ERROR after it.
-    def fail_response(conn, rid, env, exc, head)
+    def fail_response(conn, rid, rid4, env, exc, head)
       where = if !conn.head_sent then 'before the response headers were sent'
               elsif conn.ended then 'after the response was complete'
               else 'after the response headers were sent'
@@ -1420,9 +1465,9 @@ module PassengerRackLoader
                      rid
                    ))
       else
-        out = PassengerRackLoader.encode_head(rid, 500, ERROR_HEADERS)
-        PassengerRackLoader.append_body(out, rid, ERROR_PAGE) unless head
-        [MAGIC, VERSION, T_END, rid, 0].pack(FRAME, buffer: out)
+        out = PassengerRackLoader.encode_head(rid4, 500, ERROR_HEADERS)
+        out = PassengerRackLoader.add_body([], out, rid4, ERROR_PAGE) unless head
+        out << M_END << rid4 << ZERO4
         conn.head_sent = conn.ended = true
         conn.write(out)
       end

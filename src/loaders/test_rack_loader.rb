@@ -673,6 +673,12 @@ MULTI_APP = <<~'RUBY'
       [200, {}, (1..100).map(&:to_s)]
     when '/empty_chunks'
       [200, {}, ['', 'a', '', 'b', '']]
+    when '/utf8'
+      [200, { 'x-name' => 'Jürgen', 'x-long' => 'v' * 2000 }, ['héllo ', 'ü' * 40_000, 'end'.b, "\xFF\xFE".b]]
+    when '/many_utf8'
+      [200, {}, Array.new(600) { |i| "é#{i}" }]
+    when '/utf8_each'
+      [200, {}, ClosingBody.new(['héllo ', 'ü' * 40_000, 'end'], 'utf8-closed')]
     when '/empty'
       [204, {}, []]
     when '/proxy'
@@ -947,6 +953,20 @@ class TestServing < LoaderTest
     assert_equal %w[a b], res.chunks
     res = get(@c, '/empty', 5)
     assert_equal [204, 'No Content', %i[RESPONSE END]], [res.status, res.reason, res.frames.map(&:first)]
+  end
+
+  def test_non_ascii_bodies_and_headers
+    expected = "héllo #{'ü' * 40_000}end".b + "\xFF\xFE".b
+    res = get(@c, '/utf8')
+    assert_equal expected, res.body
+    assert_equal [['x-name', 'Jürgen'.b], ['x-long', 'v' * 2000]], res.headers
+    assert(res.chunks.all? { |c| c.bytesize <= 65_536 })
+    res = get(@c, '/many_utf8', 2)
+    assert_equal Array.new(600) { |i| "é#{i}" }.join.b, res.body
+    assert_equal 600, res.chunks.size
+    res = get(@c, '/utf8_each', 3)
+    assert_equal "héllo #{'ü' * 40_000}end".b, res.body
+    wait_file('utf8-closed')
   end
 
   def test_error_before_headers
@@ -1766,8 +1786,9 @@ class TestVectors < Minitest::Test
           grouped = {}
           vec['headers'].each { |n, v| (grouped[n] ||= []) << v }
           rack2 = grouped.transform_values { |vs| vs.join("\n") }
-          assert_equal data, l.encode_head(rid, vec['status'], rack2), vec['name']
-          assert_equal data, l.encode_head(rid, vec['status'], grouped), vec['name']
+          rid4 = [rid].pack('N')
+          assert_equal data, l.encode_head(rid4, vec['status'], rack2), vec['name']
+          assert_equal data, l.encode_head(rid4, vec['status'], grouped), vec['name']
         end
       when 'ERROR'
         assert_equal data, l.error_frame(vec['code'], vec['message'], rid)
