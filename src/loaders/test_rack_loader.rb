@@ -590,6 +590,17 @@ MULTI_APP = <<~'RUBY'
     end
   end
 
+  # each and a to_ary that must not be used under Rack 2
+  class EachNotAry
+    def each
+      yield 'from each'
+    end
+
+    def to_ary
+      raise 'to_ary called under Rack 2'
+    end
+  end
+
   PhusionPassenger.on_event(:stopping_worker_process) { H.marker('stopped', Process.pid.to_s) }
 
   app = lambda do |env|
@@ -677,6 +688,8 @@ MULTI_APP = <<~'RUBY'
       [200, { 'x-name' => 'Jürgen', 'x-long' => 'v' * 2000 }, ['héllo ', 'ü' * 40_000, 'end'.b, "\xFF\xFE".b]]
     when '/many_utf8'
       [200, {}, Array.new(600) { |i| "é#{i}" }]
+    when '/to_ary_rack2'
+      [200, {}, EachNotAry.new]
     when '/utf8_each'
       [200, {}, ClosingBody.new(['héllo ', 'ü' * 40_000, 'end'], 'utf8-closed')]
     when '/empty'
@@ -907,6 +920,10 @@ class TestServing < LoaderTest
     res = get(@c, '/proxy')
     assert_equal 'proxied', res.body
     wait_file('proxy-closed')
+  end
+
+  def test_rack2_never_calls_to_ary
+    assert_equal 'from each', get(@c, '/to_ary_rack2').body
   end
 
   def test_headers
@@ -1454,6 +1471,50 @@ class TestOutOfBandWork < LoaderTest
       #{HELLO_APP}
     RUBY
     assert_includes summary, 'ArgumentError: OutOfBandGc needs a frequency'
+  end
+end
+
+# With Rack 2 installed, Rack.release is made to say 3: the loader takes
+# the Rack 3 paths (to_ary, lower-case OOB header).
+RACK3_APP = <<~'RUBY'
+  def Rack.release = '3.1.0'
+  TMP = ENV['TEST_TMP']
+  PhusionPassenger.require_passenger_lib 'rack/out_of_band_gc'
+
+  class AryBody
+    def initialize(parts)
+      @parts = parts
+    end
+
+    def each
+      raise 'each must not be called when there is to_ary'
+    end
+
+    def to_ary
+      File.write(File.join(TMP, 'to-ary'), 'x')
+      close
+      @parts
+    end
+
+    def close
+      File.open(File.join(TMP, 'ary-closed'), 'a') { |f| f.write('x') }
+    end
+  end
+
+  use PhusionPassenger::Rack::OutOfBandGc, 1
+  run lambda { |env| [200, { 'content-type' => 'text/plain', 'set-cookie' => %w[a=1 b=2] }, AryBody.new(%w[a b])] }
+RUBY
+
+class TestRack3Paths < LoaderTest
+  def test_to_ary_and_lower_case_oob_header
+    start_ok(RACK3_APP)
+    res = get(connect, '/')
+    assert_equal 'ab', res.body
+    assert_equal [%w[content-type text/plain], %w[set-cookie a=1], %w[set-cookie b=2],
+                  %w[!~request-oob-work true]], res.headers
+    assert_equal 'x', wait_file('to-ary')
+    assert_includes wait_file('ary-closed'), 'x' # to_ary closed it; the loader's close may follow
+    refute_includes stderr, 'error while serving'
   end
 end
 
