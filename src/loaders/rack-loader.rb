@@ -1610,8 +1610,23 @@ module PassengerRackLoader
       require File.expand_path('.bundle/environment.rb')
     elsif File.exist?('Gemfile') || File.exist?('gems.rb')
       require 'bundler'
-      ::Bundler.setup
+      bundler_setup
     end
+  end
+
+  # Bundler.setup. Writing the lockfile is its last step: when the app root
+  # is not writable (a Gemfile without its lock, deployed read-only), the
+  # bundle is set up all the same, so the loader goes on without the lock.
+  def self.bundler_setup
+    ::Bundler.setup
+  rescue ::Bundler::PermissionError => e
+    lockfile = File.basename(::Bundler.default_lockfile.to_s)
+    raise if ::Bundler::Definition.no_lock || !e.message.include?(lockfile)
+
+    log("Bundler cannot write #{lockfile} (#{e.message.lines.first.to_s.strip}); going on without it " \
+        "(run `bundle lock` in the app root so that it need not resolve at every start)")
+    ::Bundler::Definition.no_lock = true
+    ::Bundler.setup
   end
 
   # Lets `require 'phusion_passenger/rack/out_of_band_gc'` (the old way)
@@ -1991,10 +2006,10 @@ module PassengerRackLoader
       @other_fds.each { |io| io.close rescue nil } # rubocop:disable Style/RescueModifier
       # fds 1 to 4 are taken (stdio, the control socket, the /dev/null that
       # holds fd 4), so the received descriptors are elsewhere: dup2 is safe.
-      $stdout.reopen(output_io)
-      $stderr.reopen(output_io)
-      $stdout.sync = true
-      $stderr.sync = true
+      STDOUT.reopen(output_io)
+      STDERR.reopen(output_io)
+      STDOUT.sync = true
+      STDERR.sync = true
       @control.reopen(listener_io)
       @control.autoclose = false
       @ready_placeholder.reopen(ready_io)

@@ -403,7 +403,7 @@ class LoaderTest < Minitest::Test
     r, w = IO.pipe
     extra = env.dup
     extra['PASSENGER_STARTUP_FILE'] = startup_file if startup_file
-    argv = [RUBY, LOADER]
+    argv = [*@loader_prefix, RUBY, LOADER]
     if via_parent
       # A stand-in agent: starts the loader with fds 3 and 4, records its pid, waits.
       agent = 'pid = spawn(*ARGV[1..], 3 => 3, 4 => 4); IO.for_fd(3).close; IO.for_fd(4).close; ' \
@@ -1644,6 +1644,17 @@ class TestBundler < LoaderTest
     write_file('.bundle/environment.rb', "$set_up = 'by .bundle/environment'\n")
     start_ok("run lambda { |env| [200, {}, [$set_up]] }\n")
     assert_equal 'by .bundle/environment', get(connect, '/').body
+  end
+
+  def test_gemfile_without_lock_in_a_read_only_app_root
+    skip 'needs root and setpriv to run the loader as nobody' unless Process.uid.zero? && File.executable?('/usr/bin/setpriv')
+    write_file('Gemfile', "source 'https://rubygems.org'\ngem 'rack'\n")
+    File.chmod(0o755, @tmp)
+    @loader_prefix = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+    start_ok(BUNDLED_APP, env: { 'HOME' => @tmp })
+    assert_equal "#{File.join(@root, 'Gemfile')} #{RACK_VERSION} minitest hidden", get(connect, '/').body
+    refute File.exist?(File.join(@root, 'Gemfile.lock'))
+    assert_includes stderr, 'Bundler cannot write Gemfile.lock'
   end
 
   def test_without_gemfile_bundler_is_not_loaded
