@@ -2,23 +2,10 @@
 //! plain pages with an error id, PassengerCustomErrorPage,
 //! PassengerErrorOverride with ErrorDocument, and JSON for JSON requests.
 
-use crate::harness::{Apache, Scenario};
+use crate::harness::{Apache, Scenario, serve_app};
 
 fn broken(extra: &str) -> Apache {
-    let mut apache = Apache::start(
-        Scenario::new(&format!(
-            r#"<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/broken/public
-    {extra}
-    <Directory {{dir}}/apps/broken/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-        ))
-        .app("broken"),
-    );
+    let mut apache = serve_app("broken", extra, "");
     apache.allow("MP0404");
     apache
 }

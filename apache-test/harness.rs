@@ -340,6 +340,63 @@ impl Drop for Apache {
     }
 }
 
+/// A virtual host serving `apps/<app>`: its DocumentRoot is the app's
+/// `public/`, `extra` goes inside the vhost and `global` before it.
+pub fn vhost(app: &str, extra: &str, global: &str) -> String {
+    format!(
+        r#"{global}
+<VirtualHost 127.0.0.1:{{port}}>
+    ServerName 127.0.0.1
+    DocumentRoot {{dir}}/apps/{app}/public
+    SetEnv MY_SETENV from-apache
+    {extra}
+    <Directory {{dir}}/apps/{app}/public>
+        Require all granted
+    </Directory>
+</VirtualHost>
+"#
+    )
+}
+
+/// Starts Apache serving `apps/<app>` as [`vhost`] describes it.
+pub fn serve_app(app: &'static str, extra: &str, global: &str) -> Apache {
+    Apache::start(Scenario::new(&vhost(app, extra, global)).app(app))
+}
+
+/// A response body as JSON.
+pub fn json(response: &Response) -> serde_json::Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", response.text()))
+}
+
+/// GETs `path`, which must answer 200, and returns the JSON body.
+pub fn get_json(apache: &Apache, path: &str) -> serde_json::Value {
+    let response = apache.get(path);
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    json(&response)
+}
+
+/// The pid of the app process that serves `/env` (the test apps' environment dump).
+pub fn app_pid(apache: &Apache) -> i64 {
+    get_json(apache, "/env")["pid"].as_i64().expect("a pid")
+}
+
+/// The SHA-256 of `data`, in hex (through sha256sum).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Reads one HTTP/1.x response (Content-Length, chunked or until close).
 pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
     let mut line = String::new();

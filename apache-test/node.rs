@@ -4,23 +4,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Apache, Scenario};
+use crate::harness::{Apache, serve_app};
 
 fn node_apache(extra: &str) -> Apache {
-    Apache::start(
-        Scenario::new(&format!(
-            r#"<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/node/public
-    {extra}
-    <Directory {{dir}}/apps/node/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-        ))
-        .app("node"),
-    )
+    serve_app("node", extra, "")
 }
 
 #[test]

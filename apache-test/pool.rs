@@ -4,32 +4,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Apache, Scenario, read_response};
+use crate::harness::{Apache, app_pid, read_response, serve_app};
 
 fn apache(extra: &str, global: &str) -> Apache {
-    Apache::start(
-        Scenario::new(&format!(
-            r#"{global}
-<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/wsgi/public
-    {extra}
-    <Directory {{dir}}/apps/wsgi/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-        ))
-        .app("wsgi"),
-    )
-}
-
-fn pid(apache: &Apache) -> i64 {
-    let response = apache.get("/env");
-    assert_eq!(response.status, 200, "{}", apache.error_log());
-    serde_json::from_slice::<serde_json::Value>(&response.body).unwrap()["pid"]
-        .as_i64()
-        .unwrap()
+    serve_app("wsgi", extra, global)
 }
 
 /// Starts a request in the background; returns its response when joined.
@@ -50,7 +28,7 @@ fn background(apache: &Apache, path: &str) -> std::thread::JoinHandle<crate::har
 fn a_full_queue_answers_503_and_logs_it() {
     let mut apache = apache("PassengerMaxRequestQueueSize 1", "PassengerMaxPoolSize 1");
     apache.allow("MP0706");
-    pid(&apache);
+    app_pid(&apache);
     let busy = background(&apache, "/slow?1.5");
     std::thread::sleep(Duration::from_millis(200));
     let queued = background(&apache, "/slow?0.1");
@@ -66,7 +44,7 @@ fn a_full_queue_answers_503_and_logs_it() {
 #[test]
 fn a_request_that_waits_too_long_in_the_queue_gets_504() {
     let apache = apache("PassengerMaxRequestQueueTime 1", "PassengerMaxPoolSize 1");
-    pid(&apache);
+    app_pid(&apache);
     let busy = background(&apache, "/slow?2.5");
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
@@ -80,7 +58,7 @@ fn a_request_over_max_request_time_gets_504_and_its_process_is_replaced() {
     let mut apache = apache("PassengerMaxRequestTime 1", "");
     apache.allow("MP0707");
     apache.allow("MP0406");
-    let before = pid(&apache);
+    let before = app_pid(&apache);
     let started = Instant::now();
     let response = apache.get("/slow?10");
     assert_eq!(response.status, 504);
@@ -89,16 +67,16 @@ fn a_request_over_max_request_time_gets_504_and_its_process_is_replaced() {
         "{:?}",
         started.elapsed()
     );
-    assert_ne!(pid(&apache), before);
+    assert_ne!(app_pid(&apache), before);
 }
 
 #[test]
 fn a_process_over_the_memory_limit_is_replaced_after_its_request() {
     let apache = apache("PassengerMemoryLimit 50", "");
-    let before = pid(&apache);
+    let before = app_pid(&apache);
     assert_eq!(apache.get("/hog").text(), "hogging");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pid(&apache) == before {
+    while app_pid(&apache) == before {
         assert!(
             Instant::now() < deadline,
             "never replaced:\n{}",
@@ -112,7 +90,7 @@ fn a_process_over_the_memory_limit_is_replaced_after_its_request() {
 #[test]
 fn min_instances_are_kept_after_the_first_request() {
     let apache = apache("PassengerMinInstances 3", "");
-    pid(&apache);
+    app_pid(&apache);
     let deadline = Instant::now() + Duration::from_secs(10);
     while apache.error_log().matches("MP0301").count() < 3 {
         assert!(Instant::now() < deadline, "{}", apache.error_log());
@@ -138,7 +116,7 @@ fn pre_start_spawns_the_app_without_a_request() {
 #[test]
 fn a_request_whose_client_left_while_queued_is_never_dispatched() {
     let apache = apache("", "PassengerMaxPoolSize 1");
-    pid(&apache);
+    app_pid(&apache);
     let busy = background(&apache, "/slow?2.5");
     std::thread::sleep(Duration::from_millis(200));
     {

@@ -5,44 +5,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Apache, Scenario};
+use crate::harness::{Apache, get_json, serve_app, sha256_hex};
 
 fn rack_apache(app: &'static str, extra: &str) -> Apache {
-    Apache::start(
-        Scenario::new(&format!(
-            r#"<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/{app}/public
-    {extra}
-    <Directory {{dir}}/apps/{app}/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-        ))
-        .app(app),
-    )
+    serve_app(app, extra, "")
 }
 
 fn env(apache: &Apache, path: &str) -> serde_json::Value {
-    let response = apache.get(path);
-    assert_eq!(response.status, 200, "{}", apache.error_log());
-    serde_json::from_slice(&response.body).unwrap()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    get_json(apache, path)
 }
 
 #[test]

@@ -3,32 +3,10 @@
 
 use std::time::Duration;
 
-use crate::harness::{Apache, Scenario};
+use crate::harness::{Apache, app_pid, serve_app};
 
 fn apache(extra: &str, global: &str) -> Apache {
-    Apache::start(
-        Scenario::new(&format!(
-            r#"{global}
-<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/wsgi/public
-    {extra}
-    <Directory {{dir}}/apps/wsgi/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-        ))
-        .app("wsgi"),
-    )
-}
-
-fn pid(apache: &Apache) -> i64 {
-    let response = apache.get("/env");
-    assert_eq!(response.status, 200, "{}", apache.error_log());
-    serde_json::from_slice::<serde_json::Value>(&response.body).unwrap()["pid"]
-        .as_i64()
-        .unwrap()
+    serve_app("wsgi", extra, global)
 }
 
 fn touch(path: &std::path::Path) {
@@ -39,8 +17,8 @@ fn touch(path: &std::path::Path) {
 #[test]
 fn touching_restart_txt_restarts_the_app_while_in_flight_requests_finish() {
     let apache = apache("", "PassengerStatThrottleRate 0");
-    let first = pid(&apache);
-    assert_eq!(pid(&apache), first);
+    let first = app_pid(&apache);
+    assert_eq!(app_pid(&apache), first);
     let port = apache.port;
     let slow = std::thread::spawn(move || {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -53,45 +31,45 @@ fn touching_restart_txt_restarts_the_app_while_in_flight_requests_finish() {
     });
     std::thread::sleep(Duration::from_millis(300));
     touch(&apache.dir.join("apps/wsgi/tmp/restart.txt"));
-    let second = pid(&apache);
+    let second = app_pid(&apache);
     assert_ne!(second, first, "restart.txt did not restart the app");
     let slow = slow.join().unwrap();
     assert_eq!((slow.status, slow.text().as_str()), (200, "slow"));
-    assert_eq!(pid(&apache), second, "a restart happens once per touch");
+    assert_eq!(app_pid(&apache), second, "a restart happens once per touch");
     // Touching again restarts again, even within the same second.
     touch(&apache.dir.join("apps/wsgi/tmp/restart.txt"));
-    assert_ne!(pid(&apache), second);
+    assert_ne!(app_pid(&apache), second);
 }
 
 #[test]
 fn the_stat_throttle_delays_noticing_restart_txt() {
     let apache = apache("", "PassengerStatThrottleRate 2");
-    let first = pid(&apache);
-    pid(&apache);
+    let first = app_pid(&apache);
+    app_pid(&apache);
     touch(&apache.dir.join("apps/wsgi/tmp/restart.txt"));
     assert_eq!(
-        pid(&apache),
+        app_pid(&apache),
         first,
         "noticed before the throttle window ended"
     );
     std::thread::sleep(Duration::from_millis(2100));
-    assert_ne!(pid(&apache), first);
+    assert_ne!(app_pid(&apache), first);
 }
 
 #[test]
 fn always_restart_txt_restarts_on_every_request() {
     let apache = apache("", "PassengerStatThrottleRate 5");
-    pid(&apache);
-    pid(&apache);
+    app_pid(&apache);
+    app_pid(&apache);
     touch(&apache.dir.join("apps/wsgi/tmp/always_restart.txt"));
     std::thread::sleep(Duration::from_millis(5100));
-    let a = pid(&apache);
-    let b = pid(&apache);
-    let c = pid(&apache);
+    let a = app_pid(&apache);
+    let b = app_pid(&apache);
+    let c = app_pid(&apache);
     assert!(a != b && b != c, "{a} {b} {c}");
     std::fs::remove_file(apache.dir.join("apps/wsgi/tmp/always_restart.txt")).unwrap();
-    let d = pid(&apache);
-    assert_eq!(pid(&apache), d);
+    let d = app_pid(&apache);
+    assert_eq!(app_pid(&apache), d);
 }
 
 #[test]
@@ -100,22 +78,22 @@ fn passenger_restart_dir_moves_the_files() {
         "PassengerRestartDir {dir}/restart-here",
         "PassengerStatThrottleRate 0",
     );
-    let first = pid(&apache);
-    pid(&apache);
+    let first = app_pid(&apache);
+    app_pid(&apache);
     touch(&apache.dir.join("apps/wsgi/tmp/restart.txt"));
     assert_eq!(
-        pid(&apache),
+        app_pid(&apache),
         first,
         "the default location is not watched any more"
     );
     touch(&apache.dir.join("restart-here/restart.txt"));
-    assert_ne!(pid(&apache), first);
+    assert_ne!(app_pid(&apache), first);
 }
 
 #[test]
 fn no_request_fails_during_restarts_under_load() {
     let apache = apache("", "PassengerStatThrottleRate 0");
-    pid(&apache);
+    app_pid(&apache);
     let port = apache.port;
     let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

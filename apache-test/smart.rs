@@ -3,31 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Apache, Scenario};
+use crate::harness::{Apache, Scenario, get_json, serve_app};
 
 fn apache(extra: &str) -> Apache {
-    Apache::start(
-        Scenario::new(&format!(
-            r#"PassengerStatThrottleRate 0
-<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/wsgi/public
-    PassengerSpawnMethod smart
-    {extra}
-    <Directory {{dir}}/apps/wsgi/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-        ))
-        .app("wsgi"),
+    serve_app(
+        "wsgi",
+        &format!("PassengerSpawnMethod smart\n    {extra}"),
+        "PassengerStatThrottleRate 0",
     )
 }
 
 fn env(apache: &Apache) -> serde_json::Value {
-    let response = apache.get("/env");
-    assert_eq!(response.status, 200, "{}", apache.error_log());
-    serde_json::from_slice(&response.body).unwrap()
+    get_json(apache, "/env")
 }
 
 #[test]

@@ -5,22 +5,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use crate::harness::{Apache, Scenario};
-
-fn vhost(extra: &str, global: &str) -> String {
-    format!(
-        r#"{global}
-<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/wsgi/public
-    {extra}
-    <Directory {{dir}}/apps/wsgi/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-    )
-}
+use crate::harness::{Apache, serve_app};
 
 /// The uid, gid, HOME and USER the app sees.
 fn identity(apache: &Apache) -> (u64, String, String) {
@@ -61,7 +46,7 @@ fn uid_of(name: &str) -> u64 {
 
 #[test]
 fn a_root_owned_app_runs_as_the_default_user_and_says_why() {
-    let apache = Apache::start(Scenario::new(&vhost("", "")).app("wsgi"));
+    let apache = serve_app("wsgi", "", "");
     let startup = apache.dir.join("apps/wsgi/passenger_wsgi.py");
     assert_eq!(std::fs::metadata(&startup).unwrap().uid(), 0);
     let (uid, _, user) = identity(&apache);
@@ -77,7 +62,7 @@ fn a_root_owned_app_runs_as_the_default_user_and_says_why() {
 
 #[test]
 fn the_app_runs_as_the_owner_of_its_startup_file() {
-    let apache = Apache::start(Scenario::new(&vhost("", "")).app("wsgi"));
+    let apache = serve_app("wsgi", "", "");
     chown_tree(&apache.dir.join("apps/wsgi"), "www-data:www-data");
     let (uid, home, user) = identity(&apache);
     assert_eq!(uid, uid_of("www-data"));
@@ -87,12 +72,10 @@ fn the_app_runs_as_the_owner_of_its_startup_file() {
 
 #[test]
 fn passenger_user_overrides_the_owner() {
-    let apache = Apache::start(
-        Scenario::new(&vhost(
-            "PassengerUser daemon\n    PassengerGroup daemon",
-            "",
-        ))
-        .app("wsgi"),
+    let apache = serve_app(
+        "wsgi",
+        "PassengerUser daemon\n    PassengerGroup daemon",
+        "",
     );
     chown_tree(&apache.dir.join("apps/wsgi"), "www-data:www-data");
     let (uid, _, user) = identity(&apache);
@@ -101,12 +84,10 @@ fn passenger_user_overrides_the_owner() {
 
 #[test]
 fn switching_off_runs_apps_as_the_default_user() {
-    let apache = Apache::start(
-        Scenario::new(&vhost(
-            "",
-            "PassengerUserSwitching off\nPassengerDefaultUser daemon",
-        ))
-        .app("wsgi"),
+    let apache = serve_app(
+        "wsgi",
+        "",
+        "PassengerUserSwitching off\nPassengerDefaultUser daemon",
     );
     chown_tree(&apache.dir.join("apps/wsgi"), "www-data:www-data");
     let (uid, _, _) = identity(&apache);
@@ -115,8 +96,7 @@ fn switching_off_runs_apps_as_the_default_user() {
 
 #[test]
 fn a_missing_user_is_an_error_naming_it() {
-    let mut apache =
-        Apache::start(Scenario::new(&vhost("PassengerUser no_such_user_here", "")).app("wsgi"));
+    let mut apache = serve_app("wsgi", "PassengerUser no_such_user_here", "");
     apache.allow("MP0404");
     let response = apache.get("/");
     assert_eq!(response.status, 500);
@@ -131,7 +111,7 @@ fn a_missing_user_is_an_error_naming_it() {
 
 #[test]
 fn an_unreadable_app_names_the_user_and_the_path() {
-    let mut apache = Apache::start(Scenario::new(&vhost("", "")).app("wsgi"));
+    let mut apache = serve_app("wsgi", "", "");
     apache.allow("MP0404");
     let root = apache.dir.join("apps/wsgi");
     chown_tree(&root, "www-data:www-data");

@@ -2,37 +2,19 @@
 //! bodies both ways, streaming, errors, and the agent's lifetime across
 //! graceful restarts, stops and crashes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Apache, Scenario, pids_matching, process_alive, process_user, read_response};
-
-/// A vhost serving `apps/<app>` with DocumentRoot at its public/ directory.
-fn vhost(app: &str, extra: &str) -> String {
-    format!(
-        r#"<VirtualHost 127.0.0.1:{{port}}>
-    ServerName 127.0.0.1
-    DocumentRoot {{dir}}/apps/{app}/public
-    SetEnv MY_SETENV from-apache
-    {extra}
-    <Directory {{dir}}/apps/{app}/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#
-    )
-}
+use crate::harness::{
+    Apache, Scenario, json, pids_matching, process_alive, process_user, read_response, serve_app,
+    sha256_hex, vhost,
+};
 
 fn wsgi_apache(extra: &str) -> Apache {
-    Apache::start(Scenario::new(&vhost("wsgi", extra)).app("wsgi"))
-}
-
-fn json(response: &crate::harness::Response) -> serde_json::Value {
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", response.text()))
+    serve_app("wsgi", extra, "")
 }
 
 #[test]
@@ -102,7 +84,7 @@ fn passenger_app_env_reaches_the_app() {
 
 #[test]
 fn a_real_framework_gets_percent_decoded_paths() {
-    let apache = Apache::start(Scenario::new(&vhost("flask", "")).app("flask"));
+    let apache = Apache::start(Scenario::new(&vhost("flask", "", "")).app("flask"));
     let response = apache.get("/hello/w%C3%B6rld?q=x%20y");
     assert_eq!(response.status, 200, "{}", apache.error_log());
     assert_eq!(response.text(), "Hello, wörld! q=x y");
@@ -239,7 +221,7 @@ fn a_dying_process_gives_502_and_is_replaced() {
 
 #[test]
 fn an_app_that_fails_to_load_gets_a_500_and_a_log_line() {
-    let mut apache = Apache::start(Scenario::new(&vhost("broken", "")).app("broken"));
+    let mut apache = Apache::start(Scenario::new(&vhost("broken", "", "")).app("broken"));
     apache.allow("MP0404");
     let response = apache.get("/");
     assert_eq!(response.status, 500);
@@ -412,24 +394,6 @@ fn a_killed_agent_is_replaced_and_requests_succeed() {
     assert_ne!(apache.agent_pid(), agent);
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child.wait().unwrap();
-    out.split_whitespace().next().unwrap().to_owned()
-}
-
 #[test]
 fn passenger_root_tells_a_relocated_module_where_the_agent_is() {
     let dir = std::env::temp_dir().join(format!("mp-relocated-{}", std::process::id()));
@@ -444,7 +408,7 @@ fn passenger_root_tells_a_relocated_module_where_the_agent_is() {
         Scenario::new(&format!(
             "PassengerRoot {}\n{}",
             agent_dir.display(),
-            vhost("wsgi", "")
+            vhost("wsgi", "", "")
         ))
         .app("wsgi")
         .module(module.clone()),
@@ -460,7 +424,11 @@ fn without_an_agent_apache_keeps_serving_and_says_why() {
     std::fs::create_dir_all(&dir).unwrap();
     let module = dir.join("mod_passenger.so");
     std::fs::copy(crate::harness::module_path(), &module).unwrap();
-    let mut apache = Apache::start(Scenario::new(&vhost("wsgi", "")).app("wsgi").module(module));
+    let mut apache = Apache::start(
+        Scenario::new(&vhost("wsgi", "", ""))
+            .app("wsgi")
+            .module(module),
+    );
     apache.allow("MP0001");
     apache.allow("MP0202");
     assert_eq!(apache.get("/static.txt").status, 200);
