@@ -441,3 +441,29 @@ fn without_an_agent_apache_keeps_serving_and_says_why() {
     drop(apache);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn app_root_type_startup_file_and_python_can_be_given_explicitly() {
+    let apache = Apache::start(
+        Scenario::new(
+            r#"<VirtualHost 127.0.0.1:{port}>
+    ServerName 127.0.0.1
+    DocumentRoot {dir}/apps/explicit/www
+    PassengerAppRoot {dir}/apps/explicit/code
+    PassengerAppType wsgi
+    PassengerStartupFile app.py
+    PassengerPython /usr/bin/python3.11
+    <Directory {dir}/apps/explicit/www>
+        Require all granted
+    </Directory>
+</VirtualHost>
+"#,
+        )
+        .app("explicit"),
+    );
+    assert_eq!(
+        apache.get("/anything").text(),
+        "explicit app on /usr/bin/python3.11"
+    );
+    assert_eq!(apache.get("/index.txt").text(), "static\n");
+}
