@@ -143,3 +143,15 @@ fn a_missing_gem_is_named_on_the_error_page() {
         page.text()
     );
 }
+
+#[test]
+fn a_real_rack_framework_runs_unchanged() {
+    let apache = rack_apache("sinatra", "");
+    let response = apache.get("/hello/w%C3%B6rld?q=x%20y");
+    assert_eq!(response.status, 200, "{}", apache.error_log());
+    assert_eq!(response.text(), "Hello, wörld! q=x y");
+    let form = apache.request(
+        b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 5\r\nConnection: close\r\n\r\na=b+c",
+    );
+    assert_eq!(form.text(), "got b c");
+}
