@@ -1,6 +1,7 @@
 #!/bin/sh
 # Serves the example apps in conf/examples through a real Apache on
-# 127.0.0.1 (port $PORT, default 8080), with the module from the build tree.
+# 127.0.0.1 with the module from the build tree: the WSGI app on port $PORT
+# (default 8080), the Rack app on $PORT+1 and the Node.js app on $PORT+2.
 #   conf/serve.sh <build dir>    start (the build dir holds mod_passenger.so)
 #   conf/serve.sh --stop         stop
 set -eu
@@ -27,6 +28,8 @@ cat > "$RUN/httpd.conf" <<CONF
 ServerRoot "$RUN"
 ServerName 127.0.0.1
 Listen 127.0.0.1:$PORT
+Listen 127.0.0.1:$((PORT + 1))
+Listen 127.0.0.1:$((PORT + 2))
 PidFile $RUN/httpd.pid
 ErrorLog $RUN/error.log
 DefaultRuntimeDir $RUN
@@ -39,12 +42,20 @@ LoadModule env_module $mods/mod_env.so
 TypesConfig /etc/mime.types
 LoadModule passenger_module $build/mod_passenger.so
 
+<Directory $RUN/apps>
+    Require all granted
+</Directory>
 <VirtualHost 127.0.0.1:$PORT>
     ServerName 127.0.0.1
     DocumentRoot $RUN/apps/hello-wsgi/public
-    <Directory $RUN/apps/hello-wsgi/public>
-        Require all granted
-    </Directory>
+</VirtualHost>
+<VirtualHost 127.0.0.1:$((PORT + 1))>
+    ServerName 127.0.0.1
+    DocumentRoot $RUN/apps/hello-rack/public
+</VirtualHost>
+<VirtualHost 127.0.0.1:$((PORT + 2))>
+    ServerName 127.0.0.1
+    DocumentRoot $RUN/apps/hello-node/public
 </VirtualHost>
 CONF
 /usr/sbin/apache2 -f "$RUN/httpd.conf" -k start
@@ -55,4 +66,6 @@ done
 echo "Serving the example apps through Apache:"
 echo "  http://127.0.0.1:$PORT/              the WSGI app (conf/examples/hello-wsgi)"
 echo "  http://127.0.0.1:$PORT/static.html   a static file, served by Apache"
+echo "  http://127.0.0.1:$((PORT + 1))/              the Rack app (conf/examples/hello-rack)"
+echo "  http://127.0.0.1:$((PORT + 2))/              the Node.js app (conf/examples/hello-node)"
 echo "Error log: $RUN/error.log    Stop: make stop"
