@@ -1556,6 +1556,21 @@ class TestSpawnErrors < LoaderTest
     assert_equal 'SystemExit: exit', summary
   end
 
+  def test_fd3_must_be_a_listening_socket
+    write_file('config.ru', HELLO_APP)
+    mine, theirs = UNIXSocket.pair
+    r, w = IO.pipe
+    @pid = Process.spawn(child_env, RUBY, LOADER, 3 => theirs, 4 => w, in: File::NULL,
+                                                  err: [path('stderr.log'), 'w'], chdir: @root)
+    @pids << @pid
+    [theirs, w].each(&:close)
+    name, fields = readiness(read_all(r))
+    assert_equal :SPAWN_ERROR, name
+    assert_equal 'IOError: fd 3 is not a listening socket', fields[:summary]
+    assert_equal 1, wait_exit.exitstatus
+    mine.close
+  end
+
   def test_custom_startup_file_and_end_marker
     data = start("run lambda { |env| [200, {}, [__FILE__]] }\n__END__\nnot ruby at all {{{\n",
                  startup_file: 'app.ru')
