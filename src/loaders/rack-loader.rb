@@ -267,12 +267,6 @@ module PassengerRackLoader
     [str.bytesize, str].pack('Na*')
   end
 
-  def self.encode_pairs(pairs)
-    out = [pairs.size].pack('N')
-    pairs.each { |name, value| [name.bytesize, name, value.bytesize, value].pack('Na*Na*', buffer: out) }
-    out
-  end
-
   def self.error_frame(code, message, request_id = 0)
     msg = utf8(message).byteslice(0, 4096).scrub('?')
     frame(T_ERROR, request_id, [code, msg.bytesize, msg].pack('nNa*'))
@@ -931,10 +925,6 @@ module PassengerRackLoader
   @status_cache = {}
   @name_cache = {}
 
-  class << self
-    attr_reader :status_cache, :name_cache
-  end
-
   # u16 status + bytes reason, for RESPONSE.
   def self.status_bytes(status)
     cached = @status_cache[status]
@@ -1101,8 +1091,6 @@ module PassengerRackLoader
       @wake_w.write_nonblock('.', exception: false)
       raise Stop if @concurrency == 1 && !@busy
     end
-
-    def stopping? = @stop
 
     # Serves until stopped, the agent goes away or the socket is closed.
     def serve(listener)
@@ -1676,7 +1664,7 @@ module PassengerRackLoader
 
   def self.spawn_error_summary(exc)
     if bundler_error?(exc)
-      first = exc.message.to_s.strip.lines.first.to_s.chomp
+      first = exc.message.to_s.strip.lines.first.to_s.chomp.chomp('.')
       if defined?(::Bundler::GemNotFound) && exc.is_a?(::Bundler::GemNotFound)
         gem = first[/Could not find gem '([^']+)'/, 1] || first[/Could not find ([^\s,]+?)(?:-\d[^\s]*)? in/, 1]
         return "Bundler could not find gem '#{gem}' (#{first}; run `bundle install` in the app root)" if gem
