@@ -284,7 +284,8 @@ class Apache:
         t0 = time.monotonic()
         out = self.ctl('start')
         if out.returncode != 0:
-            return None, f'apache2 -k start failed: {out.stderr.strip() or out.stdout.strip()}'
+            return None, (f'apache2 -k start failed (exit {out.returncode}): '
+                          f'{(out.stderr.strip() or out.stdout.strip())[-300:]}; error log: {self.last_error_line()}')
         last = 'no answer'
         while time.monotonic() - t0 < deadline_s:
             status, body, err = http_get(self.port, self.target.path)
@@ -407,6 +408,10 @@ def descendants(root):
     return {p for p in out if alive(p)}
 
 
+def children_of(pid):
+    return {p for p in processes() if ppid(p) == pid and alive(p)}
+
+
 def passenger_role(cmd):
     """watchdog | core | preloader | app | None, from Passenger's process titles."""
     if cmd.startswith('Passenger watchdog') or re.search(r'PassengerAgent watchdog', cmd):
@@ -440,10 +445,10 @@ def fd_count(pid):
 
 
 QUIET_PCT = 10  # other CPU below which the machine counts as quiet
-NOISY_PCT = 20  # a run during which others used more is run again (twice at most)
+NOISY_PCT = 20  # a run during which others used more is run again (once)
 
 
-def wait_quiet(max_wait=90):
+def wait_quiet(max_wait=15):
     """Waits (at most `max_wait` s) for a second in which the machine is below
     QUIET_PCT busy: nothing of the benchmark runs in between targets, so all
     of it is someone else's. Returns the last second's busy share."""
@@ -476,7 +481,15 @@ def snapshot(apache):
     if t.kind == 'ours':
         for agent in apache.agent_pids():
             agents.append(('agent', agent))
-            apps += sorted(descendants(agent))
+            # With smart spawning the agent's child is a preloader and the
+            # workers are its children.
+            for child in sorted(children_of(agent)):
+                below = descendants(child)
+                if below:
+                    preloaders.append(child)
+                    apps += sorted(below)
+                else:
+                    apps.append(child)
     elif t.kind == 'passenger':
         for pid in sorted(tree):
             role = passenger_role(all_cmds.get(pid, ''))
@@ -555,8 +568,10 @@ def busy_ticks():
     """CPU ticks the whole machine spent busy (from /proc/stat)."""
     with open('/proc/stat') as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    return sum(fields[:3]) + sum(fields[5:8])
+    # user nice system idle iowait irq softirq steal ...: interrupts are left
+    # out, as most of them are the benchmark's own loopback traffic, which no
+    # process is charged for.
+    return sum(fields[:3]) + fields[7]
 
 
 def proc_ticks(pids):
@@ -685,6 +700,14 @@ def run_comparison(args):
             log(f'[round {rnd + 1}/{rounds}] {t.label}: starting Apache on port {apache.port} '
                 f'(load average {os.getloadavg()[0]:.2f})')
             cold, why = apache.start()
+            if cold is None and why.startswith('apache2 -k start failed'):
+                # Counted as a failure, then tried once more on a new port (the
+                # port chosen may have been taken by someone else meanwhile).
+                res['start_failures'].append(why)
+                log(f'  FAILED to start: {why}; trying once more')
+                apache.stop()
+                apache = Apache(base, t, APP_DIRS.get(t.lang) if t.lang else None)
+                cold, why = apache.start()
             if cold is None:
                 left = apache.stop()
                 if rnd == 0 and t.optional:
@@ -702,7 +725,7 @@ def run_comparison(args):
             res['warmup'].append(wrk(apache.port, t.path, 16, warmup))
             for conns in (16, 1):
                 run = wrk(apache.port, t.path, conns, duration, apache)
-                for _ in range(2):
+                for _ in range(1):
                     if run.get('other_cpu_pct', 0) <= NOISY_PCT or 'wrk_failed' in run:
                         break
                     log(f'  c{conns}: other processes used {run["other_cpu_pct"]} % of the machine: '
@@ -924,8 +947,8 @@ def markdown(report):
                f'Load: `{s["wrk"]["16"]}` and `{s["wrk"]["1"]}`, each after a {s["warmup_s"]} s warm-up '
                f'at 16 connections, {s["rounds"]} round(s), targets alternating; median [min..max]. '
                f'"Other CPU" is the largest share of the machine that processes other than the target and '
-               f'wrk used during a counted run (a run above {NOISY_PCT} % is run again, twice at most, after '
-               f'waiting for a quiet second).')
+               f'wrk used during a counted run (a run above {NOISY_PCT} % is run again once, after '
+               f'waiting up to 15 s for a quiet second).')
     out.append('')
     out.append('| target | processes × threads allowed | app processes seen after c16 |')
     out.append('|---|---|---|')
