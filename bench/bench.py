@@ -412,6 +412,20 @@ def children_of(pid):
     return {p for p in processes() if ppid(p) == pid and alive(p)}
 
 
+def our_app_processes(agent):
+    """(preloaders, app processes) under our agent: with smart spawning the
+    agent's child is a preloader and the app processes are its children."""
+    preloaders, apps = [], []
+    for child in sorted(children_of(agent)):
+        below = descendants(child)
+        if below:
+            preloaders.append(child)
+            apps += sorted(below)
+        else:
+            apps.append(child)
+    return preloaders, apps
+
+
 def passenger_role(cmd):
     """watchdog | core | preloader | app | None, from Passenger's process titles."""
     if cmd.startswith('Passenger watchdog') or re.search(r'PassengerAgent watchdog', cmd):
@@ -435,6 +449,17 @@ def memory(pid):
     except OSError:
         return None
     return out
+
+
+def thread_count(pid):
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                if line.startswith('Threads:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def fd_count(pid):
@@ -481,15 +506,9 @@ def snapshot(apache):
     if t.kind == 'ours':
         for agent in apache.agent_pids():
             agents.append(('agent', agent))
-            # With smart spawning the agent's child is a preloader and the
-            # workers are its children.
-            for child in sorted(children_of(agent)):
-                below = descendants(child)
-                if below:
-                    preloaders.append(child)
-                    apps += sorted(below)
-                else:
-                    apps.append(child)
+            more_preloaders, more_apps = our_app_processes(agent)
+            preloaders += more_preloaders
+            apps += more_apps
     elif t.kind == 'passenger':
         for pid in sorted(tree):
             role = passenger_role(all_cmds.get(pid, ''))
@@ -1052,17 +1071,19 @@ def agent_state(apache):
     """Our agent's pid, memory, fds; its app processes; the Apache tree."""
     agents = apache.agent_pids()
     agent = agents[0] if agents else None
-    apps = sorted(descendants(agent)) if agent else []
+    preloaders, apps = our_app_processes(agent) if agent else ([], [])
     apache_pid = apache.pid()
     tree = descendants(apache_pid) if apache_pid else set()
     return {
         'agent_pid': agent,
         'agent_memory': memory(agent) if agent else None,
         'agent_fds': fd_count(agent) if agent else None,
+        'agent_threads': thread_count(agent) if agent else None,
         'app_pids': apps,
+        'preloader_pids': preloaders,
         'app_fds': {str(p): fd_count(p) for p in apps},
         'apache_processes': len(tree | ({apache_pid} if apache_pid else set())),
-        'all_processes': len(tree | set(apps) | ({agent} if agent else set())
+        'all_processes': len(tree | set(apps) | set(preloaders) | ({agent} if agent else set())
                              | ({apache_pid} if apache_pid else set())),
     }
 
@@ -1113,7 +1134,8 @@ def run_soak(args):
             state = agent_state(apache)
             samples.append({'t': round(now, 1), 'agent_pid': state['agent_pid'],
                             'agent_rss_kib': (state['agent_memory'] or {}).get('rss'),
-                            'agent_fds': state['agent_fds'], 'app_processes': len(state['app_pids'])})
+                            'agent_fds': state['agent_fds'], 'agent_threads': state['agent_threads'],
+                            'app_processes': len(state['app_pids'])})
             if not done_graceful and args.graceful and now >= graceful_at:
                 done_graceful = True
                 out = apache.ctl('graceful')
@@ -1229,6 +1251,7 @@ def soak_markdown(report):
     out.append('| app | agent RSS start → end (MiB) | agent fds before → after | app processes before → after | '
                'all processes before → after | agent kept across graceful | app restarted by restart.txt |')
     out.append('|---|---|---|---|---|---|---|')
+    phases = []
     for r in report['runs'].values():
         if not r['available']:
             continue
@@ -1238,7 +1261,24 @@ def soak_markdown(report):
                    f'{len(b["app_pids"])} → {len(a["app_pids"])} | {b["all_processes"]} → {a["all_processes"]} | '
                    f'{"yes" if r["agent_survived_graceful"] else "no"} | '
                    f'{"yes" if r["app_restarted"] else "no (pids kept: " + str(r["app_pids_kept_after_restart_txt"]) + ")"} |')
+        under = [x for x in r['samples'] if x['t'] < (s['graceful_at_s'] or s['duration_s'])]
+        if under and r['samples']:
+            first, last = under[-1], r['samples'][-1]
+            phases.append(f'| {r["label"]} | {mib(first["agent_rss_kib"])} MiB, {first["agent_fds"]} fds, '
+                          f'{first.get("agent_threads")} threads | {mib(last["agent_rss_kib"])} MiB, '
+                          f'{last["agent_fds"]} fds, {last.get("agent_threads")} threads | '
+                          f'{mib(max(x["agent_rss_kib"] or 0 for x in r["samples"]))} MiB |')
     out.append('')
+    if phases:
+        out.append('Under load (the agent keeps one connection, and thread, per Apache worker thread that has '
+                   'served a request, so its fds and RSS follow the number of Apache threads; the fair '
+                   'comparison is load against load):')
+        out.append('')
+        out.append('| app | agent at the last sample before the graceful restart | agent at the last sample | '
+                   'agent RSS peak |')
+        out.append('|---|---|---|---|')
+        out += phases
+        out.append('')
     for r in report['runs'].values():
         if r.get('available') and r.get('checked') and r['checked'].get('first_bad'):
             out.append(f'- {r["label"]}: first failure seen by the load generator: {r["checked"]["first_bad"]}')
