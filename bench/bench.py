@@ -770,6 +770,7 @@ def run_comparison(args):
         'kind': 'comparison',
         'command': args.command,
         'quick': quick,
+        'only': sorted(only) if only else None,
         'started': started.isoformat(timespec='seconds'),
         'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'machine': info,
@@ -812,14 +813,16 @@ def finish(report):
     report['ratios'] = ratios(report['targets'])
     report['checks'] = checks(report['targets'])
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, 'latest.json')
+    # Quick or partial runs never overwrite the last full run's results.
+    stem = 'latest' if not report['quick'] and not report['only'] else 'latest-partial'
+    path = os.path.join(RESULTS, f'{stem}.json')
     with open(path, 'w') as f:
         json.dump(report, f, indent=1)
     md = markdown(report)
-    with open(os.path.join(RESULTS, 'latest.md'), 'w') as f:
+    with open(os.path.join(RESULTS, f'{stem}.md'), 'w') as f:
         f.write(md)
     print(md)
-    log(f'bench: results in {path} and {os.path.join(RESULTS, "latest.md")}')
+    log(f'bench: results in {path} and {os.path.join(RESULTS, stem + ".md")}')
 
 
 def memory_summary(snapshots):
