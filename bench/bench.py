@@ -104,10 +104,12 @@ class Target:
             return 'Apache alone, no app'
         if self.kind == 'mod_wsgi':
             return f'WSGIDaemonProcess processes={self.processes} threads=1'
-        spawn = ''
-        if self.kind == 'passenger':
-            spawn = ', smart spawning' if self.lang == 'rack' else ', direct spawning'
-        return f'PassengerMaxPoolSize {POOL_SIZE}, PassengerMinInstances {MIN_INSTANCES}, 1 request per process at a time' + spawn
+        # Both default to smart spawning for Ruby (a preloader forks the
+        # app processes) and direct spawning otherwise.
+        spawn = ', smart spawning' if self.lang == 'rack' else ', direct spawning'
+        per_process = ('many requests per process at once (Node)' if self.lang == 'node'
+                       else '1 request per process at a time')
+        return f'PassengerMaxPoolSize {POOL_SIZE}, PassengerMinInstances {MIN_INSTANCES}, {per_process}' + spawn
 
 
 def targets():
@@ -894,9 +896,12 @@ def checks(targets):
             return
         limit = theirs * factor
         met = ours >= limit if op == '>=' else ours <= limit
+        def g(v):
+            return f'{v:.0f}' if v >= 100 else f'{v:.3g}'
+
         out.append({'target': what, 'met': met,
-                    'detail': f'ours {ours:.4g}{unit} {op} {limit:.4g}{unit} '
-                              f'({factor:g} x {theirs:.4g}{unit})'})
+                    'detail': f'ours {g(ours)}{unit} {op} {g(limit)}{unit} '
+                              f'({factor:g} x {g(theirs)}{unit})'})
 
     ow = lambda conns, key: med(targets, 'ours-wsgi', conns, key)  # noqa: E731
     check('WSGI req/s at 16 conns >= 1.5 x Passenger', ow('16', 'rps'), '>=',
@@ -1314,7 +1319,10 @@ def main():
     args.command = os.environ.get('BENCH_COMMAND') or ' '.join(['bench/bench.py'] + sys.argv[1:])
     if args.mode == 'markdown':
         with open(args.file) as f:
-            print(markdown(json.load(f)))
+            report = json.load(f)
+        if report.get('kind') == 'comparison':
+            report['checks'] = checks(report['targets'])
+        print(markdown(report))
         return 0
     for tool in ('wrk', APACHE):
         if not shutil.which(tool):
