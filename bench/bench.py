@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -1332,8 +1331,13 @@ def main():
         report = run_soak(args)
         ok = all(r['available'] is False or r['failed_requests'] == 0 for r in report['runs'].values())
         return 0 if ok else 1
-    run_comparison(args)
-    return 0
+    report = run_comparison(args)
+    # Any non-2xx answer, socket error or failed start fails the run.
+    failed = [res['label'] for res in report['targets'].values()
+              if res['available'] and any(res['errors'].values())]
+    if failed:
+        log(f'bench: errors in: {", ".join(failed)}')
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
