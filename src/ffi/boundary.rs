@@ -5,9 +5,7 @@
 //! into Apache. Pointers from C are turned into references with
 //! [`ref_from_ptr!`], which returns `MP_ERR_NULL_ARG` on NULL.
 
-use std::ffi::CStr;
-
-use super::{mp_status, mp_str};
+use super::mp_str;
 
 /// Runs a body that returns `mp_status`, turning a panic into `MP_ERR_PANIC`.
 macro_rules! ffi_boundary {
@@ -87,24 +85,5 @@ pub unsafe fn write_message(buf: *mut std::os::raw::c_char, len: usize, message:
     unsafe {
         std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), n);
         *buf.add(n) = 0;
-    }
-}
-
-/// A C string's bytes, or empty for NULL.
-///
-/// # Safety
-/// `p` is NULL or a valid NUL-terminated string that lives for `'a`.
-pub unsafe fn cstr_bytes<'a>(p: *const std::os::raw::c_char) -> &'a [u8] {
-    if p.is_null() {
-        &[]
-    } else {
-        // SAFETY: non-NULL and NUL-terminated per the contract.
-        unsafe { CStr::from_ptr(p) }.to_bytes()
-    }
-}
-
-impl From<&mp_status> for u32 {
-    fn from(s: &mp_status) -> u32 {
-        *s as u32
     }
 }
