@@ -2,7 +2,7 @@
 //! plain pages with an error id, PassengerCustomErrorPage,
 //! PassengerErrorOverride with ErrorDocument, and JSON for JSON requests.
 
-use crate::harness::{Apache, Scenario, serve_app};
+use crate::harness::{Apache, serve_app};
 
 fn broken(extra: &str) -> Apache {
     let mut apache = serve_app("broken", extra, "");
@@ -90,20 +90,10 @@ fn a_custom_error_page_is_served_instead() {
 
 #[test]
 fn error_override_lets_apache_render_app_errors() {
-    let apache = Apache::start(
-        Scenario::new(
-            r#"<VirtualHost 127.0.0.1:{port}>
-    ServerName 127.0.0.1
-    DocumentRoot {dir}/apps/wsgi/public
-    PassengerErrorOverride on
-    ErrorDocument 500 /oops.html
-    <Directory {dir}/apps/wsgi/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#,
-        )
-        .app("wsgi"),
+    let apache = serve_app(
+        "wsgi",
+        "PassengerErrorOverride on\n    ErrorDocument 500 /oops.html",
+        "",
     );
     std::fs::write(
         apache.dir.join("apps/wsgi/public/oops.html"),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Apache, Scenario, get_json, serve_app};
+use crate::harness::{Apache, get_json, serve_app};
 
 fn apache(extra: &str) -> Apache {
     serve_app(
@@ -78,19 +78,7 @@ fn children_of(parent: i64) -> Vec<i64> {
 
 #[test]
 fn out_of_band_work_runs_after_the_response_on_a_process_out_of_rotation() {
-    let apache = Apache::start(
-        Scenario::new(
-            r#"<VirtualHost 127.0.0.1:{port}>
-    ServerName 127.0.0.1
-    DocumentRoot {dir}/apps/wsgi/public
-    <Directory {dir}/apps/wsgi/public>
-        Require all granted
-    </Directory>
-</VirtualHost>
-"#,
-        )
-        .app("wsgi"),
-    );
+    let apache = serve_app("wsgi", "", "");
     let marker = apache.dir.join("oob-marker");
     std::fs::write(&marker, b"").unwrap();
     std::fs::set_permissions(&marker, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
