@@ -2,7 +2,8 @@
 # The benchmark's one command (`make bench`): installs what it needs, builds
 # our module in release mode, then runs bench/bench.py.
 #   bench/run.sh              the comparison (BENCH_QUICK=1: 3 s runs, 1 round)
-#   SOAK=1 bench/run.sh       the 60 s soak run against our module
+#   SOAK=1 bench/run.sh       the 60 s soak run against our module (and a
+#                             control against Apache alone), load from bench/soak-client
 # Extra arguments go to bench/bench.py (`bench/bench.py --help`).
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -31,6 +32,10 @@ make -C "$repo" module PROFILE=release >&2
 
 export BENCH_COMMAND="${BENCH_COMMAND:-make bench${SOAK:+ SOAK=$SOAK}${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}}"
 if [ "${SOAK:-0}" = 1 ]; then
+    # The soak's load generator, a package of its own with its own target
+    # directory (make exports CARGO_TARGET_DIR for the module's build).
+    CARGO_TARGET_DIR="$here/soak-client/target" \
+        cargo build --release --manifest-path "$here/soak-client/Cargo.toml" >&2
     exec /usr/bin/python3 "$here/bench.py" soak "$@"
 fi
 exec /usr/bin/python3 "$here/bench.py" run "$@"
