@@ -71,6 +71,20 @@ fn a_request_over_max_request_time_gets_504_and_its_process_is_replaced() {
 }
 
 #[test]
+fn time_waiting_in_the_queue_does_not_count_against_max_request_time() {
+    let apache = apache("PassengerMaxRequestTime 2", "PassengerMaxPoolSize 1");
+    let before = app_pid(&apache);
+    let busy = background(&apache, "/slow?1.5");
+    std::thread::sleep(Duration::from_millis(200));
+    // Waits about 1.3 s for the only process, then runs 1 s: 2.3 s in all,
+    // but each process spends less than 2 s on each request.
+    let queued = background(&apache, "/slow?1");
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert_eq!(queued.join().unwrap().status, 200);
+    assert_eq!(app_pid(&apache), before);
+}
+
+#[test]
 fn a_process_over_the_memory_limit_is_replaced_after_its_request() {
     let apache = apache("PassengerMemoryLimit 50", "");
     let before = app_pid(&apache);

@@ -12,22 +12,23 @@ use util::{Agent, TempDir, wsgi_app};
 fn request_to(app_root: &std::path::Path, path: &str) -> RequestHead {
     RequestHead {
         flags: 0,
-        options: vec![
-            (
-                b"PassengerAppRoot".to_vec(),
-                app_root.to_string_lossy().as_bytes().to_vec(),
-            ),
-            (b"PassengerAppType".to_vec(), b"wsgi".to_vec()),
-        ],
-        env: vec![
-            (b"REQUEST_METHOD".to_vec(), b"GET".to_vec()),
-            (b"SCRIPT_NAME".to_vec(), Vec::new()),
-            (b"PATH_INFO".to_vec(), path.as_bytes().to_vec()),
-            (b"QUERY_STRING".to_vec(), Vec::new()),
-            (b"SERVER_NAME".to_vec(), b"localhost".to_vec()),
-            (b"SERVER_PORT".to_vec(), b"80".to_vec()),
-            (b"SERVER_PROTOCOL".to_vec(), b"HTTP/1.1".to_vec()),
-        ],
+        options: [
+            ("PassengerAppRoot", &*app_root.to_string_lossy()),
+            ("PassengerAppType", "wsgi"),
+        ]
+        .into_iter()
+        .collect(),
+        env: [
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", ""),
+            ("PATH_INFO", path),
+            ("QUERY_STRING", ""),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ]
+        .into_iter()
+        .collect(),
     }
 }
 
@@ -68,8 +69,7 @@ fn a_spawn_failure_is_a_500_with_the_reason() {
     app.write("passenger_wsgi.py", "raise RuntimeError('cannot load')\n");
     let mut conn = agent.connect(Role::Worker);
     let mut head = request_to(&app.0, "/");
-    head.options
-        .push((b"PassengerFriendlyErrorPages".to_vec(), b"on".to_vec()));
+    head.options.push(b"PassengerFriendlyErrorPages", b"on");
     conn.send(1, &Message::Request(head)).unwrap();
     let (status, page) = read_response(&mut conn);
     assert_eq!(status, 500);

@@ -5,7 +5,7 @@
 
 use crate::config::AppOptions;
 use crate::pool::CheckoutError;
-use crate::protocol::{Pairs, ResponseHead};
+use crate::protocol::{PairList, ResponseHead};
 use crate::spawn;
 
 /// A whole response: head and body.
@@ -24,7 +24,7 @@ pub struct RequestKind {
 
 impl RequestKind {
     /// Reads the request's CGI environment.
-    pub fn of(env: &Pairs) -> RequestKind {
+    pub fn of(env: &PairList) -> RequestKind {
         let wants_json = env.iter().any(|(name, value)| {
             (name == b"CONTENT_TYPE" || name == b"HTTP_ACCEPT")
                 && value
@@ -183,13 +183,12 @@ fn simple(status: u16, reason: &str, title: &str, text: &str, kind: &RequestKind
 }
 
 fn page(status: u16, reason: &str, content_type: &str, body: Vec<u8>) -> Page {
-    let headers = vec![
-        (b"Content-Type".to_vec(), content_type.as_bytes().to_vec()),
-        (
-            b"Cache-Control".to_vec(),
-            b"no-cache, no-store, must-revalidate".to_vec(),
-        ),
-    ];
+    let headers = [
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-cache, no-store, must-revalidate"),
+    ]
+    .into_iter()
+    .collect();
     Page {
         head: ResponseHead {
             status,
@@ -222,14 +221,12 @@ mod tests {
 
     #[test]
     fn json_is_chosen_by_content_type_or_accept() {
-        let env = vec![(
-            b"HTTP_ACCEPT".to_vec(),
-            b"text/html, Application/JSON".to_vec(),
-        )];
+        let env: PairList = [("HTTP_ACCEPT", "text/html, Application/JSON")]
+            .into_iter()
+            .collect();
         assert!(RequestKind::of(&env).wants_json);
-        assert!(
-            !RequestKind::of(&vec![(b"HTTP_ACCEPT".to_vec(), b"text/html".to_vec())]).wants_json
-        );
+        let html: PairList = [("HTTP_ACCEPT", "text/html")].into_iter().collect();
+        assert!(!RequestKind::of(&html).wants_json);
     }
 
     #[test]

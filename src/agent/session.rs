@@ -13,7 +13,7 @@ use crate::agent::Agent;
 use crate::agent::error_page::{self, Page, RequestKind};
 use crate::config::{AppOptions, ServerConfig};
 use crate::pool::{AppConnection, CheckoutError, Lease};
-use crate::protocol::{self, Connection, Message, Pairs, RequestHead, Role};
+use crate::protocol::{self, Connection, Message, PairList, RequestHead, Role};
 
 /// A connection from the module.
 type ModuleConnection = Connection<UnixStream>;
@@ -143,10 +143,11 @@ fn serve_worker(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), p
 
 /// The options of the last request on a connection, decoded. An Apache
 /// worker usually sends the same options request after request, so
-/// decoding them once per connection and location is enough.
+/// decoding them once per connection and location is enough: a request
+/// with the same encoded options costs one comparison of bytes.
 #[derive(Default)]
 struct OptionsCache {
-    last: Option<(Pairs, Arc<AppOptions>)>,
+    last: Option<(PairList, Arc<AppOptions>)>,
 }
 
 impl OptionsCache {
@@ -154,14 +155,17 @@ impl OptionsCache {
     fn get(
         &mut self,
         agent: &Agent,
-        pairs: Pairs,
+        pairs: PairList,
     ) -> Result<Arc<AppOptions>, crate::config::Error> {
         if let Some((cached, options)) = &self.last
             && *cached == pairs
         {
             return Ok(Arc::clone(options));
         }
-        let options = Arc::new(AppOptions::from_pairs_with(&pairs, &agent.default_ruby())?);
+        let options = Arc::new(AppOptions::from_pairs_with(
+            &pairs.to_pairs(),
+            &agent.default_ruby(),
+        )?);
         self.last = Some((pairs, Arc::clone(&options)));
         Ok(options)
     }
@@ -251,9 +255,7 @@ fn serve_request(
     let kind = || RequestKind::of(&env);
     // Encoded once: a retry on another process sends the same bytes.
     let mut request_frame = Vec::new();
-    protocol::encode_request(id, flags, &Vec::new(), &env, &mut request_frame);
-    let deadline = (options.max_request_time > 0)
-        .then(|| Instant::now() + Duration::from_secs(options.max_request_time));
+    protocol::encode_request(id, flags, &PairList::new(), &env, &mut request_frame);
     let mut outcome = RelayOutcome::default();
     // A process that fails before it answered anything (it died after its
     // last request, say) is taken out of the pool and the request goes to
@@ -269,6 +271,10 @@ fn serve_request(
             log::debug!(target: "MP0708", "dropping a queued request of {}: its client went away", options.app_group_name);
             return Ok(());
         }
+        // PassengerMaxRequestTime limits the time a process spends on the
+        // request; the time it waited for one is PassengerMaxRequestQueueTime's.
+        let deadline = (options.max_request_time > 0)
+            .then(|| Instant::now() + Duration::from_secs(options.max_request_time));
         match dispatch(
             module,
             &mut lease,
@@ -509,14 +515,21 @@ fn relay(
             Message::Response(mut response) if !answered => {
                 answered = true;
                 // `!~` headers are for the agent only; the client never sees them.
-                let oob = response
+                if response
                     .headers
                     .iter()
-                    .any(|(name, _)| name.eq_ignore_ascii_case(OOB_HEADER));
-                response
-                    .headers
-                    .retain(|(name, _)| !name.starts_with(b"!~"));
-                outcome.oob = oob;
+                    .any(|(name, _)| name.starts_with(b"!~"))
+                {
+                    outcome.oob = response
+                        .headers
+                        .iter()
+                        .any(|(name, _)| name.eq_ignore_ascii_case(OOB_HEADER));
+                    response.headers = response
+                        .headers
+                        .iter()
+                        .filter(|(name, _)| !name.starts_with(b"!~"))
+                        .collect();
+                }
                 module.queue(id, &Message::Response(response));
                 if !app.has_buffered_input() {
                     module.flush().map_err(Relay::Module)?;

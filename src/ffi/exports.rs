@@ -20,7 +20,6 @@ use crate::module::handler::{self, Outcome, RequestIo};
 use crate::module::lifecycle::{self, StartupInfo};
 use crate::module::matcher::{self, Match, MatchInput};
 use crate::module::request::{self, RequestInfo};
-use crate::protocol::Pairs;
 
 /// What `mp_match` points to: the decision and the location's config.
 pub struct MatchHandle {
@@ -288,7 +287,12 @@ impl RequestIo for Bridge<'_> {
             .map_err(|_| io::Error::other("the client's request body could not be read"))
     }
 
-    fn send_head(&mut self, status: u16, reason: &[u8], headers: &Pairs) -> io::Result<()> {
+    fn send_head(
+        &mut self,
+        status: u16,
+        reason: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> io::Result<()> {
         let Some(send) = self.io.send_head else {
             return Err(io::Error::other("no send_head"));
         };

@@ -19,7 +19,7 @@
 use std::io;
 
 use crate::module::client::{self, AgentConnection};
-use crate::protocol::{MAX_BODY_CHUNK, Message, Pairs, RequestHead, ResponseHead, Role};
+use crate::protocol::{MAX_BODY_CHUNK, Message, RequestHead, ResponseHead, Role};
 
 /// The request id on the agent connection: one request at a time, so a
 /// constant does; a frame with another id means the connection is out of step.
@@ -30,7 +30,12 @@ pub trait RequestIo {
     /// Reads request body bytes; `Ok(0)` at the end of the body.
     fn read_body(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Sets the response status and headers.
-    fn send_head(&mut self, status: u16, reason: &[u8], headers: &Pairs) -> io::Result<()>;
+    fn send_head(
+        &mut self,
+        status: u16,
+        reason: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> io::Result<()>;
     /// Writes response body bytes, pushing them to the client when `flush`.
     fn write_body(&mut self, data: &[u8], flush: bool) -> io::Result<()>;
     /// Whether the client has closed its connection (never blocks).
@@ -255,10 +260,8 @@ fn exchange(
                     overridden = Some(status);
                     continue;
                 }
-                let headers: Pairs = headers
-                    .into_iter()
-                    .filter(|(n, _)| forwardable(n))
-                    .collect();
+                let headers: Vec<(&[u8], &[u8])> =
+                    headers.iter().filter(|(n, _)| forwardable(n)).collect();
                 if io.send_head(status, &reason, &headers).is_err() {
                     return Exchange::Finished(Outcome::Aborted, false);
                 }

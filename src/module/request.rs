@@ -9,7 +9,9 @@
 
 use crate::config::DirConfig;
 use crate::module::matcher::Match;
-use crate::protocol::{Pairs, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead};
+use std::borrow::Cow;
+
+use crate::protocol::{PairList, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead};
 
 /// A request as the shim describes it, borrowed for one call.
 #[derive(Debug, Default)]
@@ -61,19 +63,28 @@ pub fn build_request(
     req: &RequestInfo,
     server_software: &[u8],
 ) -> RequestHead {
-    let mut env: Pairs = Vec::with_capacity(24 + req.headers.len() + req.env.len());
-    let mut put = |name: &[u8], value: &[u8]| env.push((name.to_vec(), value.to_vec()));
+    // Borrowed until the end, where SetEnv has had its say and the pairs
+    // are written into the frame's encoding in one go.
+    let mut env: Vec<(Cow<[u8]>, &[u8])> =
+        Vec::with_capacity(24 + req.headers.len() + req.env.len());
+    let server_port = req.server_port.to_string();
+    let client_port = req.client_port.to_string();
+    macro_rules! put {
+        ($name:expr, $value:expr $(,)?) => {
+            env.push((Cow::Borrowed(&$name[..]), &$value[..]))
+        };
+    }
 
     let script_name = m.base_uri.as_deref().unwrap_or("").as_bytes();
     let path_info = req.uri.strip_prefix(script_name).unwrap_or(req.uri);
-    put(b"REQUEST_METHOD", req.method);
-    put(b"SCRIPT_NAME", script_name);
-    put(b"PATH_INFO", path_info);
-    put(b"QUERY_STRING", req.args);
-    put(b"REQUEST_URI", req.unparsed_uri);
-    put(b"SERVER_NAME", req.server_name);
-    put(b"SERVER_PORT", req.server_port.to_string().as_bytes());
-    put(
+    put!(b"REQUEST_METHOD", req.method);
+    put!(b"SCRIPT_NAME", script_name);
+    put!(b"PATH_INFO", path_info);
+    put!(b"QUERY_STRING", req.args);
+    put!(b"REQUEST_URI", req.unparsed_uri);
+    put!(b"SERVER_NAME", req.server_name);
+    put!(b"SERVER_PORT", server_port.as_bytes());
+    put!(
         b"SERVER_PROTOCOL",
         if req.protocol.is_empty() {
             b"HTTP/1.0"
@@ -81,35 +92,35 @@ pub fn build_request(
             req.protocol
         },
     );
-    put(b"SERVER_SOFTWARE", server_software);
-    put(b"SERVER_ADDR", req.local_ip);
-    put(b"REMOTE_ADDR", req.client_ip);
-    put(b"REMOTE_PORT", req.client_port.to_string().as_bytes());
-    put(b"DOCUMENT_ROOT", req.document_root);
-    put(b"GATEWAY_INTERFACE", b"CGI/1.1");
+    put!(b"SERVER_SOFTWARE", server_software);
+    put!(b"SERVER_ADDR", req.local_ip);
+    put!(b"REMOTE_ADDR", req.client_ip);
+    put!(b"REMOTE_PORT", client_port.as_bytes());
+    put!(b"DOCUMENT_ROOT", req.document_root);
+    put!(b"GATEWAY_INTERFACE", b"CGI/1.1");
     if !req.remote_user.is_empty() {
-        put(b"REMOTE_USER", req.remote_user);
+        put!(b"REMOTE_USER", req.remote_user);
     }
     if !req.auth_type.is_empty() {
-        put(b"AUTH_TYPE", req.auth_type);
+        put!(b"AUTH_TYPE", req.auth_type);
     }
     if req.is_https {
-        put(b"HTTPS", b"on");
+        put!(b"HTTPS", b"on");
     }
     for &(name, value) in &req.headers {
         if name.eq_ignore_ascii_case(b"content-type") {
-            put(b"CONTENT_TYPE", value);
+            put!(b"CONTENT_TYPE", value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            put(b"CONTENT_LENGTH", value);
+            put!(b"CONTENT_LENGTH", value);
         } else if let Some(var) = header_env_name(name)
             && var != b"HTTP_PROXY"
         {
-            put(&var, value);
+            env.push((Cow::Owned(var), value));
         }
     }
     if req.has_body && req.content_length.is_none() {
         // A chunked body: the loaders read until END.
-        put(b"HTTP_TRANSFER_ENCODING", b"chunked");
+        env.push((Cow::Borrowed(b"HTTP_TRANSFER_ENCODING"), b"chunked"));
     }
     let fixed = env.len();
     for &(name, value) in &req.env {
@@ -118,10 +129,10 @@ pub fn build_request(
         }
         // SetEnv may override what we computed (as the original allows),
         // except the request line, which must stay what the client sent.
-        match env[..fixed].iter().position(|(n, _)| n == name) {
-            Some(i) if !is_request_line_var(name) => env[i].1 = value.to_vec(),
+        match env[..fixed].iter().position(|(n, _)| n.as_ref() == name) {
+            Some(i) if !is_request_line_var(name) => env[i].1 = value,
             Some(_) => {}
-            None => env.push((name.to_vec(), value.to_vec())),
+            None => env.push((Cow::Borrowed(name), value)),
         }
     }
 
@@ -135,13 +146,13 @@ pub fn build_request(
     RequestHead {
         flags,
         options: app_options(dir, m),
-        env,
+        env: env.into_iter().collect(),
     }
 }
 
 /// The app's options for the agent: the directives set for this location,
 /// with the module's resolved app root, type, startup file and base URI.
-fn app_options(dir: &DirConfig, m: &Match) -> Pairs {
+fn app_options(dir: &DirConfig, m: &Match) -> PairList {
     let resolved: [(&str, Option<String>); 4] = [
         (
             "PassengerAppRoot",
@@ -154,15 +165,14 @@ fn app_options(dir: &DirConfig, m: &Match) -> Pairs {
         ),
         ("PassengerBaseURI", m.base_uri.clone()),
     ];
-    let mut options: Pairs = dir
+    let mut options: PairList = dir
         .option_pairs()
         .into_iter()
         .filter(|(name, _)| !resolved.iter().any(|(r, _)| r == name))
-        .map(|(name, value)| (name.as_bytes().to_vec(), value.into_bytes()))
         .collect();
     for (name, value) in resolved {
         if let Some(value) = value {
-            options.push((name.as_bytes().to_vec(), value.into_bytes()));
+            options.push(name.as_bytes(), value.as_bytes());
         }
     }
     options

@@ -375,6 +375,7 @@ fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::PairList;
     use crate::protocol::message::{RequestHead, ResponseHead, Role};
     use std::os::unix::net::UnixStream;
     use std::thread;
@@ -387,8 +388,8 @@ mod tests {
     fn request() -> Message {
         Message::Request(RequestHead {
             flags: 0,
-            options: vec![(b"PassengerAppRoot".to_vec(), b"/srv".to_vec())],
-            env: vec![(b"REQUEST_METHOD".to_vec(), b"GET".to_vec())],
+            options: [("PassengerAppRoot", "/srv")].into_iter().collect(),
+            env: [("REQUEST_METHOD", "GET")].into_iter().collect(),
         })
     }
 
@@ -513,7 +514,7 @@ mod tests {
                 Message::Response(ResponseHead {
                     status: 200,
                     reason: b"OK".to_vec(),
-                    headers: vec![],
+                    headers: PairList::new(),
                 }),
             ),
             (3, Message::End),
@@ -563,7 +564,7 @@ mod tests {
                 Message::Response(ResponseHead {
                     status: 200,
                     reason: vec![],
-                    headers: vec![],
+                    headers: PairList::new(),
                 }),
             ),
             (1, Message::Body(big_body.clone())),
@@ -579,7 +580,7 @@ mod tests {
                 &Message::Response(ResponseHead {
                     status: 200,
                     reason: vec![],
-                    headers: vec![],
+                    headers: PairList::new(),
                 }),
             );
             a.queue_body(1, &big_body).unwrap();
@@ -698,7 +699,7 @@ mod tests {
             &Message::Response(ResponseHead {
                 status: 200,
                 reason: vec![],
-                headers: vec![],
+                headers: PairList::new(),
             }),
         );
         a.queue(1, &Message::Body(vec![0; MAX_PAYLOAD_LEN + 1]));

@@ -13,6 +13,7 @@
 //! `pairs` = `u32` count + count × (`bytes` name, `bytes` value).
 
 use super::Error;
+use super::PairList;
 use super::frame::{FrameHeader, HEADER_LEN, check_frame, kind};
 
 /// `REQUEST` flag: the request has a body; the body prefix (`BODY`* then
@@ -65,9 +66,9 @@ pub struct RequestHead {
     pub flags: u8,
     /// The application's settings keyed by directive name
     /// (`PassengerAppRoot`, …); only set values. Empty from agent to app.
-    pub options: Pairs,
+    pub options: PairList,
     /// The CGI/WSGI environment of the request, built by the module.
-    pub env: Pairs,
+    pub env: PairList,
 }
 
 impl RequestHead {
@@ -90,7 +91,7 @@ pub struct ResponseHead {
     /// Reason phrase (may be empty).
     pub reason: Vec<u8>,
     /// Response headers in order; names may repeat.
-    pub headers: Pairs,
+    pub headers: PairList,
 }
 
 /// One protocol message: a frame's type and decoded payload. The request id
@@ -228,10 +229,10 @@ impl Message {
             Message::Ping | Message::Pong => 0,
             Message::Fork | Message::OobWork | Message::OobDone => 0,
             Message::Forked { .. } => 4,
-            Message::Request(r) => 1 + pairs_len(&r.options) + pairs_len(&r.env),
+            Message::Request(r) => 1 + r.options.encoded_len() + r.env.encoded_len(),
             Message::Body(data) => data.len(),
             Message::ReadBody { .. } => 4,
-            Message::Response(r) => 2 + bytes_len(&r.reason) + pairs_len(&r.headers),
+            Message::Response(r) => 2 + bytes_len(&r.reason) + r.headers.encoded_len(),
             Message::Error { message, .. } => 2 + bytes_len(message.as_bytes()),
             Message::Status { query } => bytes_len(query),
             Message::StatusReply { document } => bytes_len(document),
@@ -284,15 +285,15 @@ impl Message {
             Message::Forked { pid } => out.extend_from_slice(&pid.to_be_bytes()),
             Message::Request(r) => {
                 out.push(r.flags);
-                put_pairs(out, &r.options);
-                put_pairs(out, &r.env);
+                r.options.encode(out);
+                r.env.encode(out);
             }
             Message::Body(data) => out.extend_from_slice(data),
             Message::ReadBody { max } => out.extend_from_slice(&max.to_be_bytes()),
             Message::Response(r) => {
                 out.extend_from_slice(&r.status.to_be_bytes());
                 put_bytes(out, &r.reason);
-                put_pairs(out, &r.headers);
+                r.headers.encode(out);
             }
             Message::Error { code, message } => {
                 out.extend_from_slice(&code.to_be_bytes());
@@ -349,8 +350,8 @@ impl Message {
                 }
                 Message::Request(RequestHead {
                     flags,
-                    options: r.pairs()?,
-                    env: r.pairs()?,
+                    options: PairList::decode(&mut r.rest)?,
+                    env: PairList::decode(&mut r.rest)?,
                 })
             }
             // The whole payload is the chunk: nothing can trail it.
@@ -361,7 +362,7 @@ impl Message {
             kind::RESPONSE => Message::Response(ResponseHead {
                 status: r.u16()?,
                 reason: r.bytes()?,
-                headers: r.pairs()?,
+                headers: PairList::decode(&mut r.rest)?,
             }),
             kind::ERROR => {
                 let code = r.u16()?;
@@ -395,8 +396,14 @@ impl Message {
 
 /// Appends a whole `REQUEST` frame built from borrowed parts: the same
 /// bytes as [`Message::Request`] would encode, without owning them.
-pub fn encode_request(request_id: u32, flags: u8, options: &Pairs, env: &Pairs, out: &mut Vec<u8>) {
-    let len = 1 + pairs_len(options) + pairs_len(env);
+pub fn encode_request(
+    request_id: u32,
+    flags: u8,
+    options: &PairList,
+    env: &PairList,
+    out: &mut Vec<u8>,
+) {
+    let len = 1 + options.encoded_len() + env.encoded_len();
     FrameHeader {
         kind: kind::REQUEST,
         request_id,
@@ -404,8 +411,8 @@ pub fn encode_request(request_id: u32, flags: u8, options: &Pairs, env: &Pairs, 
     }
     .encode(out);
     out.push(flags);
-    put_pairs(out, options);
-    put_pairs(out, env);
+    options.encode(out);
+    env.encode(out);
 }
 
 /// Appends the 12-byte header of a `BODY` frame whose `len` payload bytes the
@@ -439,26 +446,11 @@ fn bytes_len(b: &[u8]) -> usize {
     4 + b.len()
 }
 
-fn pairs_len(pairs: &Pairs) -> usize {
-    4 + pairs
-        .iter()
-        .map(|(n, v)| bytes_len(n) + bytes_len(v))
-        .sum::<usize>()
-}
-
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Lengths beyond u32 only occur in payloads far above the cap, which the
     // peer rejects from the header; saturating keeps this infallible.
     out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(b);
-}
-
-fn put_pairs(out: &mut Vec<u8>, pairs: &Pairs) {
-    out.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_be_bytes());
-    for (name, value) in pairs {
-        put_bytes(out, name);
-        put_bytes(out, value);
-    }
 }
 
 /// A cursor over a payload. Every read checks the remaining length first,
@@ -503,22 +495,6 @@ impl<'a> Reader<'a> {
         Ok(b.to_vec())
     }
 
-    fn pairs(&mut self) -> Result<Pairs, Error> {
-        let count = self.u32()? as usize;
-        // Each pair takes at least its two 4-byte lengths, so a count above
-        // rest/8 is a lie; checked before the Vec is sized from it.
-        if count > self.rest.len() / 8 {
-            return Err(Error::Malformed("pair count exceeds the payload"));
-        }
-        let mut pairs = Vec::with_capacity(count);
-        for _ in 0..count {
-            let name = self.bytes()?;
-            let value = self.bytes()?;
-            pairs.push((name, value));
-        }
-        Ok(pairs)
-    }
-
     fn finish(self) -> Result<(), Error> {
         if self.rest.is_empty() {
             Ok(())
@@ -533,10 +509,8 @@ mod tests {
     use super::*;
     use crate::protocol::frame::MAX_PAYLOAD_LEN;
 
-    fn pairs(list: &[(&str, &str)]) -> Pairs {
-        list.iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect()
+    fn list(pairs: &[(&str, &str)]) -> PairList {
+        pairs.iter().copied().collect()
     }
 
     /// One instance of every message type, with fields that exercise byte
@@ -570,8 +544,8 @@ mod tests {
             Message::Request(RequestHead::default()),
             Message::Request(RequestHead {
                 flags: REQUEST_HAS_BODY | REQUEST_HTTPS,
-                options: pairs(&[("PassengerAppRoot", "/srv/app")]),
-                env: pairs(&[("REQUEST_METHOD", "POST"), ("HTTP_X", ""), ("HTTP_X", "2")]),
+                options: list(&[("PassengerAppRoot", "/srv/app")]),
+                env: list(&[("REQUEST_METHOD", "POST"), ("HTTP_X", ""), ("HTTP_X", "2")]),
             }),
             Message::Body(vec![0, 0xff, b'M', b'P', 1]),
             Message::Body(vec![]),
@@ -581,12 +555,12 @@ mod tests {
             Message::Response(ResponseHead {
                 status: 200,
                 reason: b"OK".to_vec(),
-                headers: pairs(&[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]),
+                headers: list(&[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]),
             }),
             Message::Response(ResponseHead {
                 status: 204,
                 reason: vec![],
-                headers: vec![],
+                headers: PairList::new(),
             }),
             Message::Error {
                 code: 502,
@@ -634,8 +608,8 @@ mod tests {
     fn encode_request_matches_the_message() {
         let head = RequestHead {
             flags: REQUEST_HAS_BODY,
-            options: pairs(&[("PassengerAppRoot", "/srv/app")]),
-            env: pairs(&[("REQUEST_METHOD", "POST")]),
+            options: list(&[("PassengerAppRoot", "/srv/app")]),
+            env: list(&[("REQUEST_METHOD", "POST")]),
         };
         let mut borrowed = Vec::new();
         encode_request(9, head.flags, &head.options, &head.env, &mut borrowed);
@@ -678,8 +652,8 @@ mod tests {
         );
         let req = Message::Request(RequestHead {
             flags: REQUEST_HAS_BODY,
-            options: vec![],
-            env: pairs(&[("A", "bc")]),
+            options: PairList::new(),
+            env: list(&[("A", "bc")]),
         });
         assert_eq!(
             encoded(1, &req),
@@ -962,8 +936,8 @@ mod tests {
             "CONFIGURE_OK" => Message::ConfigureOk,
             "REQUEST" => Message::Request(RequestHead {
                 flags: n("flags") as u8,
-                options: field_pairs(v, "options"),
-                env: field_pairs(v, "env"),
+                options: field_pairs(v, "options").into_iter().collect(),
+                env: field_pairs(v, "env").into_iter().collect(),
             }),
             "BODY" => Message::Body(field_bytes(v, "data")),
             "END" => Message::End,
@@ -974,7 +948,7 @@ mod tests {
             "RESPONSE" => Message::Response(ResponseHead {
                 status: n("status") as u16,
                 reason: field_bytes(v, "reason"),
-                headers: field_pairs(v, "headers"),
+                headers: field_pairs(v, "headers").into_iter().collect(),
             }),
             "ERROR" => Message::Error {
                 code: n("code") as u16,

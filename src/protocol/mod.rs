@@ -57,6 +57,7 @@ use std::io;
 pub mod connection;
 pub mod frame;
 pub mod message;
+pub mod pairs;
 
 pub use connection::Connection;
 pub use frame::{
@@ -67,6 +68,7 @@ pub use message::{
     ERROR_UNSUPPORTED_VERSION, Message, Pairs, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead,
     ResponseHead, Role, encode_body_header, encode_request, parse_frame,
 };
+pub use pairs::PairList;
 
 /// Everything that can go wrong reading or writing frames.
 ///
