@@ -48,6 +48,39 @@ fn store(kind: Kind) -> Store {
     }
 }
 
+/// How a stored field is written in the generated files.
+struct FieldType {
+    /// Its C type in `mp_config.h`, spaced to precede the field name.
+    c: &'static str,
+    /// The `Field` variant `src/ffi/config.rs` reads it as.
+    rust: &'static str,
+    /// Its unset value, in Rust.
+    unset: &'static str,
+}
+
+/// The fields of `mp_server_config` (`global`) or of `mp_dir_config`, in
+/// table order: each directive of that scope that stores a value, with the
+/// type of its field.
+fn struct_fields(global: bool) -> impl Iterator<Item = (&'static Directive, FieldType)> {
+    DIRECTIVES
+        .iter()
+        .filter(move |d| d.is_global() == global && d.stores())
+        .map(|d| {
+            let (c, rust, unset) = match store(d.kind) {
+                Store::I32 => ("int32_t ", "I32", "MP_UNSET"),
+                Store::I64 => ("int64_t ", "I64", "MP_UNSET_INT"),
+                Store::Str => ("const char *", "Str", "std::ptr::null()"),
+                Store::List => (
+                    "mp_str_list ",
+                    "List",
+                    "mp_str_list { items: std::ptr::null(), len: 0 }",
+                ),
+                Store::None => unreachable!("{} stores nothing", d.name),
+            };
+            (d, FieldType { c, rust, unset })
+        })
+}
+
 /// `MaxPoolSize` → `MAX_POOL_SIZE`, `BaseURI` → `BASE_URI`.
 fn upper_snake(camel: &str) -> String {
     let chars: Vec<char> = camel.chars().collect();
@@ -200,17 +233,7 @@ pub fn c_header() -> String {
         ),
     ] {
         h.push_str(&format!("/* {what} */\ntypedef struct {name} {{\n"));
-        for d in DIRECTIVES
-            .iter()
-            .filter(|d| d.is_global() == global && d.stores())
-        {
-            let ty = match store(d.kind) {
-                Store::I32 => "int32_t ",
-                Store::I64 => "int64_t ",
-                Store::Str => "const char *",
-                Store::List => "mp_str_list ",
-                Store::None => unreachable!(),
-            };
+        for (d, ty) in struct_fields(global) {
             let choices = match d.kind {
                 Kind::Choice(list) => {
                     let words: Vec<String> = list
@@ -223,11 +246,12 @@ pub fn c_header() -> String {
                 _ => String::new(),
             };
             h.push_str(&format!(
-                "    /* {}: {}{}; default: {} */\n    {ty}{};\n",
+                "    /* {}: {}{}; default: {} */\n    {}{};\n",
                 names(d),
                 syntax(d.kind),
                 choices,
                 default_text(d),
+                ty.c,
                 d.field
             ));
         }
@@ -359,18 +383,12 @@ pub fn rust_fields() -> String {
             "/// Calls `f` with every field of a `{ty}`, in table order.\n\
              fn {func}(c: &{ty}, f: &mut impl FnMut(Id, Field)) {{"
         );
-        for d in DIRECTIVES
-            .iter()
-            .filter(|d| d.is_global() == global && d.stores())
-        {
-            let field = match store(d.kind) {
-                Store::I32 => "I32",
-                Store::I64 => "I64",
-                Store::Str => "Str",
-                Store::List => "List",
-                Store::None => unreachable!(),
-            };
-            let _ = writeln!(r, "    f(Id::{:?}, Field::{field}(c.{}));", d.id, d.field);
+        for (d, ty) in struct_fields(global) {
+            let _ = writeln!(
+                r,
+                "    f(Id::{:?}, Field::{}(c.{}));",
+                d.id, ty.rust, d.field
+            );
         }
         r.push_str("}\n\n");
     }
@@ -386,18 +404,8 @@ pub fn rust_fields() -> String {
              #[allow(dead_code)]\n\
              fn {func}() -> {ty} {{\n    {ty} {{"
         );
-        for d in DIRECTIVES
-            .iter()
-            .filter(|d| d.is_global() == global && d.stores())
-        {
-            let unset = match store(d.kind) {
-                Store::I32 => "MP_UNSET",
-                Store::I64 => "MP_UNSET_INT",
-                Store::Str => "std::ptr::null()",
-                Store::List => "mp_str_list { items: std::ptr::null(), len: 0 }",
-                Store::None => unreachable!(),
-            };
-            let _ = writeln!(r, "        {}: {unset},", d.field);
+        for (d, ty) in struct_fields(global) {
+            let _ = writeln!(r, "        {}: {},", d.field, ty.unset);
         }
         r.push_str("    }\n}\n\n");
     }
