@@ -467,39 +467,52 @@ class InputStream(object):
             raise exc
         raise IOError('error reading the request body: %s' % (exc,))
 
+    def _gather(self, size, line):
+        """The rest of read() and readline(), once the buffer alone cannot
+        answer: the buffered bytes, then chunks pulled until there are
+        ``size`` bytes (all of the body when size < 0) or, for a ``line``,
+        through the first newline. What follows the cut in the last chunk
+        stays buffered."""
+        buf = self._buf
+        pos = self._pos
+        parts = [buf[pos:]] if pos < len(buf) else []
+        have = len(buf) - pos
+        self._buf = b''
+        self._pos = 0
+        while self._more and (size < 0 or have < size):
+            chunk = self._pull()
+            if not chunk:
+                break
+            limit = len(chunk) if size < 0 else min(len(chunk), size - have)
+            i = chunk.find(b'\n', 0, limit) if line else -1
+            if i >= 0:
+                cut = i + 1
+            elif limit < len(chunk):
+                cut = limit
+            else:
+                parts.append(chunk)
+                have += len(chunk)
+                continue
+            parts.append(chunk[:cut])
+            self._buf = chunk
+            self._pos = cut
+            break
+        return b''.join(parts)
+
     def read(self, size=-1):
         buf = self._buf
         pos = self._pos
         if size is None or size < 0:
-            parts = [buf[pos:]] if pos < len(buf) else []
+            if self._more:
+                return self._gather(-1, False)
             self._buf = b''
             self._pos = 0
-            while self._more:
-                chunk = self._pull()
-                if chunk:
-                    parts.append(chunk)
-            return b''.join(parts)
+            return buf[pos:]
         avail = len(buf) - pos
         if avail >= size:
             self._pos = pos + size
             return buf[pos:pos + size]
-        parts = [buf[pos:]] if avail else []
-        have = avail
-        self._buf = b''
-        self._pos = 0
-        while self._more:
-            chunk = self._pull()
-            if not chunk:
-                break
-            need = size - have
-            if len(chunk) >= need:
-                parts.append(chunk[:need])
-                self._buf = chunk
-                self._pos = need
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        return b''.join(parts)
+        return self._gather(size, False)
 
     def readline(self, size=-1):
         if size is None:
@@ -517,31 +530,7 @@ class InputStream(object):
         if size >= 0 and avail >= size:
             self._pos = pos + size
             return buf[pos:pos + size]
-        parts = [buf[pos:]] if avail else []
-        have = avail
-        self._buf = b''
-        self._pos = 0
-        while self._more:
-            if size >= 0 and have >= size:
-                break
-            chunk = self._pull()
-            if not chunk:
-                break
-            limit = len(chunk) if size < 0 else min(len(chunk), size - have)
-            i = chunk.find(b'\n', 0, limit)
-            if i >= 0:
-                cut = i + 1
-            elif limit < len(chunk):
-                cut = limit
-            else:
-                parts.append(chunk)
-                have += len(chunk)
-                continue
-            parts.append(chunk[:cut])
-            self._buf = chunk
-            self._pos = cut
-            break
-        return b''.join(parts)
+        return self._gather(size, True)
 
     def readlines(self, hint=-1):
         lines = []
