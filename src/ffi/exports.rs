@@ -87,6 +87,7 @@ pub unsafe extern "C" fn mp_agent_ensure(
         // SAFETY: the info's strings are valid for the call (contract).
         let info = unsafe { startup_info(info) };
         crate::module::set_server_software(&info.server_software);
+        crate::module::set_stat_throttle(config.stat_throttle_rate);
         match lifecycle::ensure_agent(&config, &info) {
             Ok(pid) => {
                 // SAFETY: checked non-NULL above; the caller owns the int.

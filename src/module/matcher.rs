@@ -6,8 +6,11 @@
 //! match, the longest wins (the original takes the lexicographically first,
 //! so `/app` would shadow `/app/admin`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::config::{AppType, DirConfig};
 
@@ -93,7 +96,7 @@ pub fn match_request(dir: &DirConfig, input: &MatchInput) -> Result<Option<Match
                 .unwrap_or(app_type.default_startup_file())
                 .to_owned(),
         )),
-        None => detect(&app_root, dir.startup_file())?,
+        None => detect_throttled(&app_root, dir.startup_file(), super::stat_throttle())?,
     };
     Ok(detected.map(|(app_type, startup_file)| Match {
         app_root,
@@ -119,6 +122,60 @@ pub fn longest_base_uri<'a>(base_uris: &'a [String], uri: &[u8]) -> Option<&'a s
 }
 
 /// Finds the app type from the files in `app_root`.
+/// What autodetection found in an app root, and when.
+struct Detected {
+    /// The `PassengerStartupFile` the detection was made for.
+    startup_file: Option<String>,
+    at: Instant,
+    found: Option<(AppType, String)>,
+}
+
+/// The most app roots one Apache thread remembers; past it, it starts over.
+const DETECTED_MAX: usize = 256;
+
+thread_local! {
+    /// Autodetection results of this Apache thread, by app root.
+    static DETECTED: RefCell<HashMap<PathBuf, Detected>> = RefCell::new(HashMap::new());
+}
+
+/// [`detect`], reusing a result younger than `throttle`
+/// (PassengerStatThrottleRate), as the original does: a busy app then
+/// costs no file check per request. Errors are never kept.
+fn detect_throttled(
+    app_root: &Path,
+    startup_file: Option<&str>,
+    throttle: Duration,
+) -> Result<Option<(AppType, String)>, MatchError> {
+    if throttle.is_zero() {
+        return detect(app_root, startup_file);
+    }
+    let now = Instant::now();
+    let kept = DETECTED.with_borrow(|cache| {
+        cache
+            .get(app_root)
+            .filter(|d| d.startup_file.as_deref() == startup_file && now - d.at < throttle)
+            .map(|d| d.found.clone())
+    });
+    if let Some(found) = kept {
+        return Ok(found);
+    }
+    let found = detect(app_root, startup_file)?;
+    DETECTED.with_borrow_mut(|cache| {
+        if cache.len() >= DETECTED_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            app_root.to_path_buf(),
+            Detected {
+                startup_file: startup_file.map(str::to_owned),
+                at: now,
+                found: found.clone(),
+            },
+        );
+    });
+    Ok(found)
+}
+
 fn detect(
     app_root: &Path,
     startup_file: Option<&str>,
@@ -226,6 +283,25 @@ mod tests {
             normalize(Path::new("/srv/site/../apps/./foo/public")),
             PathBuf::from("/srv/apps/foo/public")
         );
+    }
+
+    #[test]
+    fn detection_is_reused_for_the_stat_throttle_rate() {
+        let root = std::env::temp_dir().join(format!("mp-detect-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let throttle = Duration::from_secs(60);
+        assert_eq!(detect_throttled(&root, None, throttle).unwrap(), None);
+        std::fs::write(root.join("config.ru"), "run ->(_) { }").unwrap();
+        // Within the throttle the first answer stands, as in the original ...
+        assert_eq!(detect_throttled(&root, None, throttle).unwrap(), None);
+        // ... unless the startup file asked for differs, or there is no throttle.
+        let rack = Some((AppType::Rack, "config.ru".to_owned()));
+        assert_eq!(
+            detect_throttled(&root, Some("config.ru"), throttle).unwrap(),
+            rack
+        );
+        assert_eq!(detect_throttled(&root, None, Duration::ZERO).unwrap(), rack);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

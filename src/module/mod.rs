@@ -12,6 +12,9 @@ pub mod lifecycle;
 pub mod matcher;
 pub mod request;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use parking_lot::RwLock;
 
 /// Apache's server description (`SERVER_SOFTWARE`), set at post_config.
@@ -25,4 +28,17 @@ pub fn set_server_software(description: &str) {
 /// Apache's server description.
 pub fn server_software() -> Vec<u8> {
     SERVER_SOFTWARE.read().clone()
+}
+
+/// PassengerStatThrottleRate in seconds, set at post_config.
+static STAT_THROTTLE_SECS: AtomicU64 = AtomicU64::new(0);
+
+/// Records PassengerStatThrottleRate for the children's file checks.
+pub fn set_stat_throttle(seconds: u64) {
+    STAT_THROTTLE_SECS.store(seconds, Ordering::Relaxed);
+}
+
+/// How long a file check may be reused (PassengerStatThrottleRate).
+pub fn stat_throttle() -> Duration {
+    Duration::from_secs(STAT_THROTTLE_SECS.load(Ordering::Relaxed))
 }
