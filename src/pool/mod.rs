@@ -18,7 +18,8 @@
 //! it is released). One lock is right here because the decisions that
 //! matter (the pool-wide process limit, taking an idle process from one
 //! group for another) span groups. Waiters get their lease through a
-//! `crossbeam` channel of capacity one, which needs no lock to wake them.
+//! one-shot [`handoff`] that parks them at once and needs no pool lock to
+//! wake them.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -28,12 +29,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::config::AppOptions;
 use crate::protocol::Connection;
 use crate::spawn::{self, ProcessHandle, Spawner};
+
+mod handoff;
 
 /// A connection from the agent to an app process.
 pub type AppConnection = Connection<UnixStream>;
@@ -114,7 +116,7 @@ impl Process {
 /// How long a process may take for its out-of-band work.
 const OOB_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Waiter = Sender<Result<Lease, CheckoutError>>;
+type Waiter = handoff::Filler<Result<Lease, CheckoutError>>;
 
 /// The restart files as last seen (reference §4.8, done better: any
 /// change of restart.txt's mtime counts, to the nanosecond, and
@@ -311,7 +313,7 @@ impl Pool {
         };
         let restart = self.check_restart_files(&name, options);
         let mut deferred = Deferred::default();
-        let receiver = {
+        let slot = {
             let mut state = self.state.lock();
             if state.shutting_down {
                 return Err(CheckoutError::ShuttingDown);
@@ -344,19 +346,16 @@ impl Pool {
             if max_queue > 0 && group.waiters.len() >= max_queue {
                 return Err(CheckoutError::QueueFull);
             }
-            let (sender, receiver) = channel::bounded(1);
-            group.waiters.push_back(sender);
+            let (filler, slot) = handoff::handoff();
+            group.waiters.push_back(filler);
             self.plan_spawn(&mut state, &name, &mut deferred);
-            receiver
+            slot
         };
         self.run(deferred);
-        let result = match max_wait {
-            None => receiver.recv().unwrap_or(Err(CheckoutError::ShuttingDown)),
-            Some(limit) => match receiver.recv_timeout(limit) {
-                Ok(result) => result,
-                Err(RecvTimeoutError::Timeout) => Err(CheckoutError::QueueTimeout),
-                Err(RecvTimeoutError::Disconnected) => Err(CheckoutError::ShuttingDown),
-            },
+        let result = match slot.wait(max_wait) {
+            Ok(result) => result,
+            Err(handoff::WaitError::TimedOut) => Err(CheckoutError::QueueTimeout),
+            Err(handoff::WaitError::Closed) => Err(CheckoutError::ShuttingDown),
         };
         result.map(|mut lease| {
             lease.waited = true;
@@ -509,9 +508,9 @@ impl Pool {
     /// Carries out work decided under the lock.
     fn run(&self, deferred: Deferred) {
         for (waiter, result) in deferred.deliveries {
-            // A waiter that gave up has dropped its receiver; the lease
-            // inside the error is dropped here, which checks it back in.
-            let _ = waiter.send(result);
+            // A waiter that gave up gives the result back; a lease in it
+            // is dropped here, which checks it back in.
+            let _ = waiter.fill(result);
         }
         for group in deferred.forgets {
             self.spawner.forget(&group);
