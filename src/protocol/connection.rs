@@ -7,9 +7,12 @@
 //!
 //! # Reading
 //!
-//! Bytes are read into a reused buffer of [`READ_BUF_LEN`] bytes (allocated
-//! on the first read), as many as the stream has, so a small response
-//! (`RESPONSE`, `BODY`, `END`) usually arrives in one `read()`. Each
+//! Bytes are read into a reused buffer, as many as the stream has, so a
+//! small response (`RESPONSE`, `BODY`, `END`) usually arrives in one
+//! `read()`. The buffer starts at [`SMALL_READ_BUF_LEN`] bytes (allocated on
+//! the first read): the agent and every Apache thread hold one per
+//! connection, and most connections only ever carry small frames. The first
+//! frame that does not fit grows it to [`READ_BUF_LEN`], where it stays. Each
 //! iteration first *checks* whether a whole frame is buffered and only then
 //! *parses* it ([`super::check_frame`], [`Message::decode`]); a frame larger
 //! than the buffer grows it to exactly that frame's size, which the header
@@ -45,6 +48,10 @@ use super::message::{Message, encode_body_header};
 /// room for the small frames that usually follow it (`END`), so one
 /// `read()` can take them all.
 pub const READ_BUF_LEN: usize = MAX_BODY_CHUNK + 4096;
+
+/// Size of the read buffer until a frame needs more: a request's or a small
+/// response's frames.
+pub const SMALL_READ_BUF_LEN: usize = 8 * 1024;
 
 /// A `BODY` payload at least this long skips the intermediate copy: on read,
 /// its not-yet-buffered part goes straight into the message; on write
@@ -292,7 +299,11 @@ impl<S: Read + Write> Connection<S> {
             self.end -= self.start;
             self.start = 0;
         }
-        let size = want.max(READ_BUF_LEN);
+        let size = if want <= SMALL_READ_BUF_LEN {
+            SMALL_READ_BUF_LEN
+        } else {
+            want.max(READ_BUF_LEN)
+        };
         if self.rbuf.len() < size {
             self.rbuf.resize(size, 0);
         }
@@ -426,6 +437,20 @@ mod tests {
         assert!(!b.has_buffered_input());
         drop(a);
         assert_eq!(b.read_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn the_read_buffer_stays_small_until_a_frame_needs_more() {
+        let (mut a, mut b) = pair();
+        a.send(1, &request()).unwrap();
+        assert_eq!(b.read_frame().unwrap(), Some((1, request())));
+        assert_eq!(b.rbuf.len(), SMALL_READ_BUF_LEN);
+        let mid = Message::Body(vec![7; SMALL_READ_BUF_LEN + 100]);
+        a.send(1, &mid).unwrap();
+        a.send(1, &request()).unwrap();
+        assert_eq!(b.read_frame().unwrap(), Some((1, mid)));
+        assert_eq!(b.read_frame().unwrap(), Some((1, request())));
+        assert_eq!(b.rbuf.len(), READ_BUF_LEN);
     }
 
     #[test]
