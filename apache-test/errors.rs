@@ -2,6 +2,8 @@
 //! plain pages with an error id, PassengerCustomErrorPage,
 //! PassengerErrorOverride with ErrorDocument, and JSON for JSON requests.
 
+use std::time::{Duration, Instant};
+
 use crate::harness::{Apache, serve_app};
 
 fn broken(extra: &str) -> Apache {
@@ -104,4 +106,34 @@ fn error_override_lets_apache_render_app_errors() {
     assert_eq!(page.status, 500);
     assert_eq!(page.text(), "apache's own page");
     assert_eq!(apache.get("/").text(), "hello from wsgi");
+}
+
+#[test]
+fn an_app_slower_than_the_start_timeout_gets_a_500_naming_the_limit() {
+    let mut apache = serve_app(
+        "slow-start",
+        "PassengerStartTimeout 2\n    PassengerFriendlyErrorPages on",
+        "",
+    );
+    apache.allow("MP0404");
+    let started = Instant::now();
+    let page = apache.get("/");
+    assert_eq!(page.status, 500, "{}", apache.error_log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        page.text().contains("PassengerStartTimeout"),
+        "{}",
+        page.text()
+    );
+    assert!(
+        apache
+            .error_log()
+            .contains("did not become ready within 2 s"),
+        "{}",
+        apache.error_log()
+    );
 }

@@ -52,6 +52,8 @@ pub struct Apache {
     pub port: u16,
     allowed: Vec<String>,
     stopped: bool,
+    /// The user that runs `apache2 -k ...`, when not the test's own.
+    started_by: Option<String>,
     _guard: parking_lot::ReentrantMutexGuard<'static, ()>,
 }
 
@@ -60,6 +62,7 @@ pub struct Scenario {
     config: String,
     apps: Vec<&'static str>,
     module: Option<PathBuf>,
+    started_by: Option<String>,
 }
 
 impl Scenario {
@@ -70,7 +73,15 @@ impl Scenario {
             config: config.to_owned(),
             apps: Vec::new(),
             module: None,
+            started_by: None,
         }
+    }
+
+    /// Starts Apache as `user` (with `runuser`) instead of as root: no
+    /// `User`/`Group` lines, and the test directory belongs to `user`.
+    pub fn started_by(mut self, user: &str) -> Scenario {
+        self.started_by = Some(user.to_owned());
+        self
     }
 
     /// Loads this copy of mod_passenger.so instead of the build's.
@@ -146,7 +157,7 @@ impl Apache {
             .config
             .replace("{dir}", &dir.to_string_lossy())
             .replace("{port}", &port.to_string());
-        let user = if nix::unistd::geteuid().is_root() {
+        let user = if nix::unistd::geteuid().is_root() && scenario.started_by.is_none() {
             "User www-data\nGroup www-data\n"
         } else {
             ""
@@ -186,11 +197,20 @@ PassengerInstanceRegistryDir {dir}/registry
                 .display(),
         );
         std::fs::write(dir.join("httpd.conf"), httpd_conf).unwrap();
+        if let Some(owner) = &scenario.started_by {
+            let status = Command::new("chown")
+                .args(["-R", owner])
+                .arg(&dir)
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown -R {owner} {}", dir.display());
+        }
         let apache = Apache {
             dir,
             port,
             allowed: Vec::new(),
             stopped: false,
+            started_by: scenario.started_by,
             _guard: guard,
         };
         let out = apache.ctl("start");
@@ -206,7 +226,15 @@ PassengerInstanceRegistryDir {dir}/registry
 
     /// Runs `apache2 -f httpd.conf -k <action>`.
     pub fn ctl(&self, action: &str) -> std::process::Output {
-        Command::new(APACHE)
+        let mut command = match &self.started_by {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", APACHE]);
+                c
+            }
+            None => Command::new(APACHE),
+        };
+        command
             .arg("-f")
             .arg(self.dir.join("httpd.conf"))
             .args(["-k", action])

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use crate::harness::{Apache, serve_app};
+use crate::harness::{Apache, Scenario, serve_app, vhost};
 
 /// The uid, gid, HOME and USER the app sees.
 fn identity(apache: &Apache) -> (u64, String, String) {
@@ -127,4 +127,18 @@ fn an_unreadable_app_names_the_user_and_the_path() {
             && log.contains("passenger_wsgi.py"),
         "{log}"
     );
+}
+
+#[test]
+fn apache_started_by_a_user_runs_the_agent_and_the_app_as_that_user() {
+    let apache = Apache::start(
+        Scenario::new(&vhost("wsgi", "", ""))
+            .app("wsgi")
+            .started_by("www-data"),
+    );
+    let www_data = uid_of("www-data");
+    let (uid, _, user) = identity(&apache);
+    assert_eq!((uid, user.as_str()), (www_data, "www-data"));
+    let agent = std::fs::metadata(format!("/proc/{}", apache.agent_pid())).unwrap();
+    assert_eq!(u64::from(agent.uid()), www_data);
 }
