@@ -9,6 +9,7 @@ mod pool;
 mod rack;
 mod restart;
 mod smart;
+mod status;
 mod suburi;
 mod users;
 mod wsgi;

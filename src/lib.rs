@@ -1,8 +1,8 @@
 //! mod_passenger: an application server for Apache httpd.
 //!
-//! One crate builds two programs that share the code below: the static
-//! library linked into `mod_passenger.so` (the Apache side) and the
-//! `passenger-agent` daemon.
+//! One crate builds the programs that share the code below: the static
+//! library linked into `mod_passenger.so` (the Apache side), the
+//! `passenger-agent` daemon and the `passenger-status` tool.
 //!
 //! # Layout
 //!
@@ -15,6 +15,7 @@
 //! - [`pool`]: application groups, processes, wait queues and limits.
 //! - [`spawn`]: starting application processes through the loaders.
 //! - [`log`]: logging into Apache's error log from both processes.
+//! - [`status`]: the `passenger-status` tool; [`procfs`]: what `/proc` says of a process.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,5 +26,7 @@ pub mod instance;
 pub mod log;
 pub mod module;
 pub mod pool;
+pub mod procfs;
 pub mod protocol;
 pub mod spawn;
+pub mod status;

@@ -114,9 +114,12 @@ impl Agent {
         self.config.lock().1.default_ruby.clone()
     }
 
-    /// A status document.
+    /// The status document `passenger-status` shows (`docs/operations.md`).
     pub fn status(&self) -> serde_json::Value {
-        let (generation, config) = &*self.config.lock();
+        let (generation, max_pool_size) = {
+            let config = self.config.lock();
+            (config.0, config.1.max_pool_size)
+        };
         let groups: Vec<serde_json::Value> = self
             .pool
             .snapshot()
@@ -133,14 +136,19 @@ impl Agent {
                         "processed": p.processed,
                         "detached": p.detached,
                         "idle_ms": p.idle_for.as_millis() as u64,
+                        "uptime_ms": crate::procfs::age(p.pid).unwrap_or(p.uptime).as_millis() as u64,
+                        "cpu_ms": crate::procfs::cpu_time(p.pid).map(|t| t.as_millis() as u64),
+                        "rss_kib": crate::procfs::resident_kib(p.pid),
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
         serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "instance": String::from_utf8_lossy(&self.instance_name()),
             "pid": std::process::id(),
             "generation": generation,
-            "max_pool_size": config.max_pool_size,
+            "max_pool_size": max_pool_size,
             "groups": groups,
         })
     }

@@ -97,6 +97,8 @@ struct Process {
     /// Requests served so far.
     processed: u64,
     last_used: Instant,
+    /// When it joined the pool.
+    spawned_at: Instant,
     /// Taken out of rotation: it stops once its sessions end.
     detached: bool,
     /// The app asked for out-of-band work after its last request.
@@ -576,6 +578,7 @@ impl Pool {
                         idle: Vec::new(),
                         processed: 0,
                         last_used: Instant::now(),
+                        spawned_at: Instant::now(),
                         detached: false,
                         oob_pending: false,
                         in_oob: false,
@@ -843,7 +846,7 @@ impl Pool {
         let over: Vec<(String, u64, i32, u64, u64)> = watched
             .into_iter()
             .filter_map(|(name, id, pid, limit_mb)| {
-                let rss_mb = resident_mb(pid)?;
+                let rss_mb = crate::procfs::resident_kib(pid)? / 1024;
                 (rss_mb > limit_mb).then_some((name, id, pid, rss_mb, limit_mb))
             })
             .collect();
@@ -917,6 +920,7 @@ impl Pool {
                         processed: p.processed,
                         detached: p.detached,
                         idle_for: p.last_used.elapsed(),
+                        uptime: p.spawned_at.elapsed(),
                     })
                     .collect(),
             })
@@ -954,16 +958,8 @@ pub struct ProcessSnapshot {
     pub detached: bool,
     /// Time since it last finished a request.
     pub idle_for: Duration,
-}
-
-/// A process's resident memory in MB (from /proc), if it can be read.
-fn resident_mb(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()? as u64;
-    Some(pages * page_size / (1024 * 1024))
+    /// Time since it joined the pool.
+    pub uptime: Duration,
 }
 
 /// Whether new options change how the app's processes are started.

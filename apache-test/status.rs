@@ -1,0 +1,82 @@
+//! `passenger-status` against a real Apache: the pool view names the app
+//! group and the process that served the request, `--show=json` gives the
+//! agent's document, and with no agent running it says so.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Apache, app_pid, serve_app};
+
+fn passenger_status(registry: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_passenger-status"))
+        .arg("--instance-registry-dir")
+        .arg(registry)
+        .args(args)
+        .output()
+        .expect("passenger-status runs")
+}
+
+fn pool_view(apache: &Apache) -> String {
+    let out = passenger_status(&apache.dir.join("registry"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_pool_view_shows_the_group_and_the_process_that_served() {
+    let apache = serve_app("wsgi", "", "");
+    let pid = app_pid(&apache);
+    let app_root = apache.dir.join("apps/wsgi");
+    // The request is counted when the process is checked back in, just
+    // after the client got its answer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let view = loop {
+        let view = pool_view(&apache);
+        if view.contains("Processed: 1 ") || Instant::now() > deadline {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for needle in [
+        "Max pool size : 6".to_owned(),
+        "Processes     : 1".to_owned(),
+        format!("{} (production):", app_root.display()),
+        format!("  App root: {}", app_root.display()),
+        format!("  * PID: {pid:<7} Sessions: 0       Processed: 1 "),
+        "Last used: ".to_owned(),
+    ] {
+        assert!(view.contains(&needle), "{needle:?} missing from:\n{view}");
+    }
+}
+
+#[test]
+fn show_json_gives_the_agents_document() {
+    let apache = serve_app("wsgi", "", "");
+    let pid = app_pid(&apache);
+    let out = passenger_status(&apache.dir.join("registry"), &["--show=json"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["pid"], apache.agent_pid());
+    assert_eq!(doc["groups"][0]["processes"][0]["pid"], pid);
+    assert!(
+        doc["groups"][0]["processes"][0]["rss_kib"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
+
+#[test]
+fn without_a_running_agent_it_says_so() {
+    let registry = std::env::temp_dir().join(format!("mp-e2e-status-{}", std::process::id()));
+    std::fs::create_dir_all(&registry).unwrap();
+    let out = passenger_status(&registry, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not seem to be running"), "{err}");
+    std::fs::remove_dir_all(&registry).unwrap();
+}

@@ -1,0 +1,431 @@
+//! `passenger-status`: what the agent of an Apache instance is running.
+//!
+//! ```text
+//! passenger-status [--show=pool|json] [--instance-registry-dir DIR] [INSTANCE]
+//! ```
+//!
+//! Finds the instance directories under the registry directory (the
+//! option, else `PASSENGER_INSTANCE_REGISTRY_DIR`, else the default of
+//! [`crate::instance::default_registry_dir`]), connects to the one agent
+//! there (or the one named, when several Apaches run), asks for its status
+//! over the frame protocol (`HELLO` as a status tool, then `STATUS`) and
+//! prints it: `--show=pool` (the default) in the layout of the original's
+//! `passenger-status`, `--show=json` as the agent's document. The agent
+//! only answers root and Apache's user.
+
+use std::fmt::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::instance;
+use crate::protocol::{Connection, Message, Role};
+
+/// What to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Show {
+    /// The human-readable pool overview.
+    Pool,
+    /// The agent's status document.
+    Json,
+}
+
+/// The parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+struct Args {
+    show: Show,
+    registry: Option<PathBuf>,
+    instance: Option<String>,
+}
+
+const USAGE: &str =
+    "usage: passenger-status [--show=pool|json] [--instance-registry-dir DIR] [INSTANCE]";
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut parsed = Args {
+        show: Show::Pool,
+        registry: None,
+        instance: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if let Some(what) = arg.strip_prefix("--show=") {
+            parsed.show = match what {
+                "pool" => Show::Pool,
+                "json" => Show::Json,
+                other => {
+                    return Err(format!(
+                        "--show={other} is not supported: use --show=pool or --show=json"
+                    ));
+                }
+            };
+        } else if arg == "--instance-registry-dir" {
+            let dir = args
+                .next()
+                .ok_or("--instance-registry-dir needs a directory")?;
+            parsed.registry = Some(PathBuf::from(dir));
+        } else if let Some(dir) = arg.strip_prefix("--instance-registry-dir=") {
+            parsed.registry = Some(PathBuf::from(dir));
+        } else if arg == "-h" || arg == "--help" {
+            return Err(USAGE.to_owned());
+        } else if arg.starts_with('-') || parsed.instance.is_some() {
+            return Err(format!("unexpected argument {arg:?}\n{USAGE}"));
+        } else {
+            parsed.instance = Some(arg.clone());
+        }
+    }
+    Ok(parsed)
+}
+
+/// Runs the tool; returns the exit status (0, 1 on an error, 2 on a usage error).
+pub fn main(args: &[String]) -> i32 {
+    let args = match parse_args(args) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return 2;
+        }
+    };
+    let registry = args.registry.clone().unwrap_or_else(|| {
+        std::env::var_os("PASSENGER_INSTANCE_REGISTRY_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map_or_else(
+                || instance::default_registry_dir(nix::unistd::geteuid().as_raw()),
+                PathBuf::from,
+            )
+    });
+    let result = pick_instance(&registry, args.instance.as_deref())
+        .and_then(|dir| query(&dir).map(|doc| (dir, doc)));
+    match result {
+        Ok((_, doc)) => {
+            match args.show {
+                Show::Pool => print!("{}", format_pool(&doc, &now_text())),
+                Show::Json => println!("{doc:#}"),
+            }
+            0
+        }
+        Err(message) => {
+            eprintln!("passenger-status: {message}");
+            1
+        }
+    }
+}
+
+/// The instance directories (those with an agent socket) under `registry`.
+fn instances(registry: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(registry).map_err(|e| {
+        format!(
+            "cannot read the instance registry {}: {e}",
+            registry.display()
+        )
+    })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mod_passenger."))
+                && instance::agent_socket(path).exists()
+        })
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The one instance to ask: the named one, or the only one.
+fn pick_instance(registry: &Path, name: Option<&str>) -> Result<PathBuf, String> {
+    let dirs = instances(registry)?;
+    let names = || {
+        dirs.iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+    };
+    match name {
+        Some(name) => dirs
+            .iter()
+            .find(|d| d.file_name().is_some_and(|n| n == name))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no instance named {name} in {}; running: {}",
+                    registry.display(),
+                    names().join(", ")
+                )
+            }),
+        None => match dirs.len() {
+            0 => Err(format!(
+                "mod_passenger does not seem to be running: no instance in {} \
+                 (another PassengerInstanceRegistryDir? give it with --instance-registry-dir)",
+                registry.display()
+            )),
+            1 => Ok(dirs[0].clone()),
+            _ => Err(format!(
+                "several instances run in {}; name one:\n  {}",
+                registry.display(),
+                names().join("\n  ")
+            )),
+        },
+    }
+}
+
+/// Asks the agent of `instance_dir` for its status document.
+fn query(instance_dir: &Path) -> Result<Value, String> {
+    let socket = instance::agent_socket(instance_dir);
+    let failed = |e: &dyn std::fmt::Display| format!("the agent at {}: {e}", socket.display());
+    let stream = UnixStream::connect(&socket).map_err(|e| failed(&e))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| failed(&e))?;
+    let mut conn = Connection::new(stream);
+    let hello = Message::Hello {
+        role: Role::Status,
+        pid: std::process::id(),
+        generation: 0,
+    };
+    conn.send(0, &hello).map_err(|e| failed(&e))?;
+    match conn.read_frame().map_err(|e| failed(&e))? {
+        Some((_, Message::HelloOk { .. })) => {}
+        Some((_, Message::Error { message, .. })) => return Err(failed(&message)),
+        _ => return Err(failed(&"it did not answer HELLO")),
+    }
+    let status = Message::Status {
+        query: b"{}".to_vec(),
+    };
+    conn.send(1, &status).map_err(|e| failed(&e))?;
+    match conn.read_frame().map_err(|e| failed(&e))? {
+        Some((_, Message::StatusReply { document })) => {
+            serde_json::from_slice(&document).map_err(|e| failed(&e))
+        }
+        _ => Err(failed(&"it did not answer STATUS")),
+    }
+}
+
+/// The time now, in UTC, as `YYYY-MM-DD HH:MM:SS UTC`.
+fn now_text() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_text(secs)
+}
+
+/// `secs` since the Unix epoch as a UTC date and time (the proleptic
+/// Gregorian calendar, days counted from 0000-03-01 so leap days fall last).
+fn utc_text(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// A duration as the original shows it: `2s`, `3m 4s`, `1h 2m 3s`, `2d 1h 0m 3s`.
+fn duration_text(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m {s}s")
+    } else if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The pool overview, in the layout of the original's `passenger-status`.
+fn format_pool(doc: &Value, date: &str) -> String {
+    let groups = doc["groups"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let processes: usize = groups
+        .iter()
+        .map(|g| g["processes"].as_array().map_or(0, Vec::len))
+        .sum();
+    let mut out = String::new();
+    let _ = writeln!(out, "Version : {}", doc["version"].as_str().unwrap_or("?"));
+    let _ = writeln!(out, "Date    : {date}");
+    let _ = writeln!(
+        out,
+        "Instance: {} (agent pid {})",
+        doc["instance"].as_str().unwrap_or("?"),
+        doc["pid"]
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "----------- General information -----------");
+    let _ = writeln!(out, "Max pool size : {}", doc["max_pool_size"]);
+    let _ = writeln!(out, "App groups    : {}", groups.len());
+    let _ = writeln!(out, "Processes     : {processes}");
+    // Requests wait in their app's queue: there is no top-level queue.
+    let _ = writeln!(out, "Requests in top-level queue : 0");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "----------- Application groups -----------");
+    for group in groups {
+        let _ = writeln!(out, "{}:", group["name"].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            out,
+            "  App root: {}",
+            group["app_root"].as_str().unwrap_or("?")
+        );
+        let _ = writeln!(out, "  Requests in queue: {}", group["waiting"]);
+        if group["spawning"].as_bool() == Some(true) {
+            let _ = writeln!(out, "  (spawning a new process...)");
+        }
+        for p in group["processes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let uptime_ms = p["uptime_ms"].as_u64().unwrap_or(0);
+            let cpu = match (p["cpu_ms"].as_u64(), uptime_ms) {
+                (Some(cpu), up) if up > 0 => format!("{}%", cpu * 100 / up),
+                _ => "?".to_owned(),
+            };
+            let memory = p["rss_kib"]
+                .as_u64()
+                .map_or_else(|| "?".to_owned(), |kib| format!("{}M", kib / 1024));
+            let shutting_down = if p["detached"].as_bool() == Some(true) {
+                "  (shutting down)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  * PID: {:<7} Sessions: {:<7} Processed: {:<7} Uptime: {}{shutting_down}",
+                p["pid"].to_string(),
+                p["sessions"].to_string(),
+                p["processed"].to_string(),
+                duration_text(uptime_ms)
+            );
+            let _ = writeln!(
+                out,
+                "    CPU: {cpu:<7} Memory  : {memory:<7} Last used: {} ago",
+                duration_text(p["idle_ms"].as_u64().unwrap_or(0))
+            );
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, String> {
+        parse_args(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn arguments() {
+        assert_eq!(
+            args(&[]).unwrap(),
+            Args {
+                show: Show::Pool,
+                registry: None,
+                instance: None
+            }
+        );
+        let a = args(&[
+            "--show=json",
+            "--instance-registry-dir",
+            "/r",
+            "mod_passenger.1",
+        ])
+        .unwrap();
+        assert_eq!(a.show, Show::Json);
+        assert_eq!(a.registry, Some(PathBuf::from("/r")));
+        assert_eq!(a.instance.as_deref(), Some("mod_passenger.1"));
+        assert!(args(&["--show=xml"]).unwrap_err().contains("--show=pool"));
+        assert!(args(&["a", "b"]).is_err());
+        assert!(args(&["--instance-registry-dir"]).is_err());
+    }
+
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_text(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_text(1_795_860_245), "2026-11-28 10:04:05 UTC");
+    }
+
+    #[test]
+    fn durations_read_like_the_original() {
+        assert_eq!(duration_text(2_400), "2s");
+        assert_eq!(duration_text(184_000), "3m 4s");
+        assert_eq!(duration_text(3_723_000), "1h 2m 3s");
+        assert_eq!(duration_text(176_403_000), "2d 1h 0m 3s");
+    }
+
+    #[test]
+    fn the_pool_view_lists_groups_and_processes() {
+        let doc = serde_json::json!({
+            "version": "0.1.0", "instance": "mod_passenger.00ff", "pid": 42,
+            "max_pool_size": 6,
+            "groups": [{
+                "name": "/srv/app (production)", "app_root": "/srv/app",
+                "waiting": 2, "spawning": false,
+                "processes": [{
+                    "pid": 16915, "sessions": 1, "processed": 12, "detached": false,
+                    "idle_ms": 2000, "uptime_ms": 62_000, "cpu_ms": 620, "rss_kib": 9 * 1024,
+                }],
+            }],
+        });
+        let text = format_pool(&doc, "2026-11-28 10:00:00 +0000");
+        for line in [
+            "Max pool size : 6",
+            "App groups    : 1",
+            "Processes     : 1",
+            "/srv/app (production):",
+            "  App root: /srv/app",
+            "  Requests in queue: 2",
+            "  * PID: 16915   Sessions: 1       Processed: 12      Uptime: 1m 2s",
+            "    CPU: 1%      Memory  : 9M      Last used: 2s ago",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_registry_says_so_and_several_instances_must_be_named() {
+        let registry = std::env::temp_dir().join(format!("mp-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&registry);
+        std::fs::create_dir_all(&registry).unwrap();
+        assert!(
+            pick_instance(&registry, None)
+                .unwrap_err()
+                .contains("does not seem to be running")
+        );
+        for name in ["mod_passenger.01", "mod_passenger.02"] {
+            std::fs::create_dir_all(registry.join(name)).unwrap();
+            std::fs::write(instance::agent_socket(&registry.join(name)), "").unwrap();
+        }
+        assert!(
+            pick_instance(&registry, None)
+                .unwrap_err()
+                .contains("mod_passenger.02")
+        );
+        assert_eq!(
+            pick_instance(&registry, Some("mod_passenger.01")).unwrap(),
+            registry.join("mod_passenger.01")
+        );
+        assert!(pick_instance(&registry, Some("mod_passenger.03")).is_err());
+        std::fs::remove_dir_all(&registry).unwrap();
+    }
+}
