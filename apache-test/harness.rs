@@ -137,6 +137,21 @@ impl Response {
 impl Apache {
     /// Starts Apache for `scenario`.
     pub fn start(scenario: Scenario) -> Apache {
+        let apache = Apache::configure(scenario);
+        let out = apache.ctl("start");
+        assert!(
+            out.status.success(),
+            "apache2 -k start failed: {}\n{}",
+            stderr(&out),
+            apache.error_log()
+        );
+        apache.wait_until_up();
+        apache
+    }
+
+    /// Writes the configuration and the apps of `scenario` without
+    /// starting Apache (for a test that expects the start to fail).
+    pub fn configure(scenario: Scenario) -> Apache {
         let guard = LOCK.lock();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("mp-e2e-{}-{n}", std::process::id()));
@@ -205,23 +220,14 @@ PassengerInstanceRegistryDir {dir}/registry
                 .expect("chown runs");
             assert!(status.success(), "chown -R {owner} {}", dir.display());
         }
-        let apache = Apache {
+        Apache {
             dir,
             port,
             allowed: Vec::new(),
             stopped: false,
             started_by: scenario.started_by,
             _guard: guard,
-        };
-        let out = apache.ctl("start");
-        assert!(
-            out.status.success(),
-            "apache2 -k start failed: {}\n{}",
-            stderr(&out),
-            apache.error_log()
-        );
-        apache.wait_until_up();
-        apache
+        }
     }
 
     /// Runs `apache2 -f httpd.conf -k <action>`.

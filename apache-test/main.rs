@@ -4,6 +4,7 @@
 mod directives;
 mod errors;
 mod harness;
+mod hooks;
 mod node;
 mod pool;
 mod rack;

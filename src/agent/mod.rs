@@ -16,6 +16,7 @@
 //! generation connects and sends CONFIGURE; app processes keep running.
 
 pub mod error_page;
+pub mod hooks;
 pub mod instance;
 pub mod prestart;
 pub mod server;
@@ -28,7 +29,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::config::ServerConfig;
-use crate::pool::{Limits, Pool};
+use crate::pool::{Limits, Pool, PoolEvent};
 use crate::spawn::{LoaderSpawner, UserPolicy};
 use instance::InstanceDir;
 
@@ -87,6 +88,12 @@ pub struct Agent {
     spawner: Arc<LoaderSpawner>,
     instance: InstanceDir,
     config: Mutex<(u64, ServerConfig)>,
+    /// The hook scripts of the current configuration.
+    pub hooks: hooks::Hooks,
+    /// Asks the main thread to shut the agent down.
+    stop: crossbeam::channel::Sender<&'static str>,
+    /// The first configuration has come (the initialization hooks ran).
+    initialized: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -99,14 +106,77 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    /// Applies a configuration generation.
-    pub fn configure(&self, generation: u64, config: ServerConfig) {
+    /// Applies a configuration generation. The first one also runs the
+    /// `before_watchdog_initialization` and `after_watchdog_initialization`
+    /// hooks: if one fails, the configuration is refused (Apache does not
+    /// start) and the agent exits.
+    pub fn configure(&self, generation: u64, config: ServerConfig) -> Result<(), String> {
+        let first = !self
+            .initialized
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        let registry = self.instance.dir.parent().unwrap_or(&self.instance.dir);
+        self.hooks
+            .set(hooks::HookSet::new(&config, &self.instance.dir, registry));
+        if first {
+            self.run_startup_hook("before_watchdog_initialization")?;
+        }
+        self.apply(generation, config);
+        if first {
+            self.run_startup_hook("after_watchdog_initialization")?;
+        }
+        Ok(())
+    }
+
+    /// Runs a hook whose failure stops the agent.
+    fn run_startup_hook(&self, name: &'static str) -> Result<(), String> {
+        if self.hooks.current().run(name, &[]) {
+            return Ok(());
+        }
+        let _ = self.stop.send("a watchdog initialization hook failed");
+        Err(format!("the {name} hook script failed"))
+    }
+
+    fn apply(&self, generation: u64, config: ServerConfig) {
         log::set_max_level(crate::log::level_filter(config.log_level));
         self.spawner.set_policy(user_policy(&config));
         self.pool.set_limits(limits(&config));
         log::debug!(target: "MP0801", "configuration generation {generation} applied");
         prestart::start(&config.prestart_urls);
         *self.config.lock() = (generation, config);
+    }
+
+    /// Hands a pool event to its hook script.
+    fn pool_event(&self, event: PoolEvent) {
+        match event {
+            PoolEvent::Attached { pid, app_root } => self.hooks.notify(
+                "attached_process",
+                vec![
+                    ("PASSENGER_PROCESS_PID", pid.to_string()),
+                    ("PASSENGER_APP_ROOT", app_root),
+                ],
+            ),
+            PoolEvent::Detached { pid, app_root } => self.hooks.notify(
+                "detached_process",
+                vec![
+                    ("PASSENGER_PROCESS_PID", pid.to_string()),
+                    ("PASSENGER_APP_ROOT", app_root),
+                ],
+            ),
+            PoolEvent::SpawnFailed {
+                app_root,
+                group,
+                message,
+                error_id,
+            } => self.hooks.notify(
+                "spawn_failed",
+                vec![
+                    ("PASSENGER_APP_ROOT", app_root),
+                    ("PASSENGER_APP_GROUP_NAME", group),
+                    ("PASSENGER_ERROR_MESSAGE", message),
+                    ("PASSENGER_ERROR_ID", error_id),
+                ],
+            ),
+        }
     }
 
     /// PassengerDefaultRuby of the current configuration.
@@ -187,15 +257,24 @@ pub fn run(args: Args) -> Result<(), String> {
         user_policy(&defaults),
     ));
     let pool = Pool::new(spawner.clone(), limits(&defaults));
+    let (stop_tx, stop_rx) = crossbeam::channel::bounded::<&'static str>(4);
     let agent = Arc::new(Agent {
         pool,
         apache_pid: args.apache_pid,
         spawner,
         instance: instance.clone(),
         config: Mutex::new((0, defaults)),
+        hooks: hooks::Hooks::start()?,
+        stop: stop_tx.clone(),
+        initialized: std::sync::atomic::AtomicBool::new(false),
     });
+    let observer = Arc::downgrade(&agent);
+    agent.pool.set_observer(Box::new(move |event| {
+        if let Some(agent) = observer.upgrade() {
+            agent.pool_event(event);
+        }
+    }));
 
-    let (stop_tx, stop_rx) = crossbeam::channel::bounded::<&'static str>(4);
     server::spawn_signal_thread(signals, stop_tx.clone())?;
     if let Some(pid) = args.apache_pid {
         server::spawn_parent_watch(pid, stop_tx.clone())?;
@@ -207,7 +286,10 @@ pub fn run(args: Args) -> Result<(), String> {
     let reason = stop_rx.recv().unwrap_or("all stop senders are gone");
     log::info!(target: "MP0803", "shutting down: {reason}");
     instance.unlink_socket();
+    agent.hooks.current().run("before_watchdog_shutdown", &[]);
     agent.pool.shutdown(Duration::from_secs(10));
+    agent.hooks.flush();
+    agent.hooks.current().run("after_watchdog_shutdown", &[]);
     instance.remove();
     Ok(())
 }

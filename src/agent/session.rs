@@ -82,10 +82,13 @@ fn serve_control(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), 
                     .map_err(|e| e.to_string())
                     .and_then(|v| ServerConfig::from_json(&v).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(config) => {
-                        agent.configure(generation, config);
-                        conn.send(id, &Message::ConfigureOk)?;
-                    }
+                    Ok(config) => match agent.configure(generation, config) {
+                        Ok(()) => conn.send(id, &Message::ConfigureOk)?,
+                        Err(message) => {
+                            log::error!(target: "MP0702", "rejected configuration generation {generation}: {message}");
+                            conn.send(id, &Message::Error { code: 500, message })?;
+                        }
+                    },
                     Err(e) => {
                         log::error!(target: "MP0702", "rejected configuration generation {generation}: {e}");
                         conn.send(
@@ -263,7 +266,12 @@ fn serve_request(
     for attempt in 1..=MAX_ATTEMPTS {
         let mut lease = match agent.pool.checkout(&options) {
             Ok(lease) => lease,
-            Err(e) => return answer_checkout_error(module, id, &e, &options, &kind()),
+            Err(e) => {
+                if matches!(e, CheckoutError::QueueFull) {
+                    agent.hooks.notify("queue_full_error", Vec::new());
+                }
+                return answer_checkout_error(module, id, &e, &options, &kind());
+            }
         };
         if lease.waited() && peer_gone(module) {
             // Never dispatch a request whose client gave up while it was queued.
@@ -302,6 +310,18 @@ fn serve_request(
                     options.max_request_time
                 );
                 lease.discard_connection();
+                // Before the kill, so that a script can still look at the process.
+                let mut request = vec![
+                    ("PASSENGER_APP_ID", lease.pid().to_string()),
+                    ("PASSENGER_REQUEST_PATH", env_value(&env, b"REQUEST_URI")),
+                ];
+                if env.iter().any(|(name, _)| name == b"HTTP_HOST") {
+                    request.push(("PASSENGER_REQUEST_HOST", env_value(&env, b"HTTP_HOST")));
+                }
+                agent
+                    .hooks
+                    .current()
+                    .run("max_request_time_reached", &request);
                 lease.kill_process();
                 if answered {
                     let message = "the request ran longer than PassengerMaxRequestTime".to_owned();
@@ -598,6 +618,15 @@ fn answer_checkout_error(
         log::warn!(target: "MP0706", "{}: {e}: answering 503 (PassengerMaxRequestQueueSize)", options.app_group_name);
     }
     send_page(module, id, error_page::checkout_failed(e, options, kind))
+}
+
+/// The value of `name` in a request's environment (the last one), as text.
+fn env_value(env: &PairList, name: &[u8]) -> String {
+    env.iter()
+        .filter(|(n, _)| *n == name)
+        .last()
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
 }
 
 /// Sends a whole page as RESPONSE, BODY, END in one write.

@@ -56,7 +56,7 @@ fn find_or_start(config: &ServerConfig, info: &StartupInfo) -> Result<u32, Strin
         // Flying mode: someone else runs the agent; we only connect.
         let socket = PathBuf::from(fly_with);
         client::set_agent_socket(socket.clone());
-        configure(&socket, config, info)?;
+        configure(&socket, config, info).map_err(|e| e.to_string())?;
         return Ok(0);
     }
     let euid = nix::unistd::geteuid().as_raw();
@@ -81,23 +81,47 @@ fn find_or_start(config: &ServerConfig, info: &StartupInfo) -> Result<u32, Strin
                 log::info!(target: "MP0011", "started the passenger agent (pid {pid}) at {}", dir.display());
                 return Ok(pid);
             }
-            Err(e) if Instant::now() >= deadline => {
+            Err(Refusal::Refused(message)) => {
+                return Err(format!(
+                    "the agent {} refused the configuration: {message}",
+                    agent.display()
+                ));
+            }
+            Err(Refusal::Unreachable(e)) if Instant::now() >= deadline => {
                 return Err(format!(
                     "the agent {} did not become ready: {e}",
                     agent.display()
                 ));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(Refusal::Unreachable(_)) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Why CONFIGURE did not succeed.
+#[derive(Debug)]
+enum Refusal {
+    /// No agent answered (yet): worth waiting for one that is starting.
+    Unreachable(String),
+    /// The agent answered with an error: waiting changes nothing.
+    Refused(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unreachable(e) | Refusal::Refused(e) => f.write_str(e),
         }
     }
 }
 
 /// Connects as the control role and sends CONFIGURE; returns the agent's pid.
-fn configure(socket: &Path, config: &ServerConfig, info: &StartupInfo) -> Result<u32, String> {
-    let stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+fn configure(socket: &Path, config: &ServerConfig, info: &StartupInfo) -> Result<u32, Refusal> {
+    let unreachable = |e: &dyn std::fmt::Display| Refusal::Unreachable(e.to_string());
+    let stream = UnixStream::connect(socket).map_err(|e| unreachable(&e))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unreachable(&e))?;
     let mut conn = crate::protocol::Connection::new(stream);
     conn.send(
         0,
@@ -107,15 +131,19 @@ fn configure(socket: &Path, config: &ServerConfig, info: &StartupInfo) -> Result
             generation: info.generation,
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| unreachable(&e))?;
     let agent_pid = match conn.read_frame() {
         Ok(Some((_, Message::HelloOk { agent_pid, .. }))) => agent_pid,
-        Ok(Some((_, Message::Error { message, .. }))) => return Err(message),
-        other => return Err(format!("unexpected answer to HELLO: {other:?}")),
+        Ok(Some((_, Message::Error { message, .. }))) => return Err(Refusal::Refused(message)),
+        other => {
+            return Err(unreachable(&format!(
+                "unexpected answer to HELLO: {other:?}"
+            )));
+        }
     };
     let mut document = config.to_json();
     document["server_software"] = serde_json::Value::from(info.server_software.clone());
-    let body = serde_json::to_vec(&document).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&document).map_err(|e| Refusal::Refused(e.to_string()))?;
     conn.send(
         0,
         &Message::Configure {
@@ -123,11 +151,13 @@ fn configure(socket: &Path, config: &ServerConfig, info: &StartupInfo) -> Result
             config: body,
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| unreachable(&e))?;
     match conn.read_frame() {
         Ok(Some((_, Message::ConfigureOk))) => Ok(agent_pid),
-        Ok(Some((_, Message::Error { message, .. }))) => Err(message),
-        other => Err(format!("unexpected answer to CONFIGURE: {other:?}")),
+        Ok(Some((_, Message::Error { message, .. }))) => Err(Refusal::Refused(message)),
+        other => Err(unreachable(&format!(
+            "unexpected answer to CONFIGURE: {other:?}"
+        ))),
     }
 }
 

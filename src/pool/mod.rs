@@ -182,13 +182,49 @@ struct Deferred {
     forgets: Vec<String>,
     /// Out-of-band work to start: group, process id, socket, idle connection.
     oobs: Vec<(String, u64, PathBuf, Option<AppConnection>)>,
+    /// Events for the observer (the agent's hook scripts).
+    events: Vec<PoolEvent>,
 }
+
+/// What happened to the pool's processes, for [`Pool::set_observer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// A process was spawned and joined the pool.
+    Attached {
+        /// Its pid.
+        pid: i32,
+        /// Its app's root.
+        app_root: String,
+    },
+    /// A process left the pool (exited, idle, restarted, over a limit).
+    Detached {
+        /// Its pid.
+        pid: i32,
+        /// Its app's root.
+        app_root: String,
+    },
+    /// A process could not be spawned.
+    SpawnFailed {
+        /// The app's root.
+        app_root: String,
+        /// The app group's name.
+        group: String,
+        /// What went wrong.
+        message: String,
+        /// The error id of the log and the error page.
+        error_id: String,
+    },
+}
+
+/// Receives the pool's events, outside its lock.
+pub type Observer = Box<dyn Fn(PoolEvent) + Send + Sync>;
 
 /// The pool.
 pub struct Pool {
     state: Mutex<State>,
     spawner: Arc<dyn Spawner>,
     me: Weak<Pool>,
+    observer: std::sync::OnceLock<Observer>,
 }
 
 /// A checked-out slot on a process; dropping it checks the slot back in.
@@ -282,7 +318,14 @@ impl Pool {
             }),
             spawner,
             me: me.clone(),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets who hears of processes attached, detached and failing to
+    /// spawn (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     fn arc(&self) -> Arc<Pool> {
@@ -313,7 +356,7 @@ impl Pool {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
-        let restart = self.check_restart_files(&name, options);
+        let (restart, first_seen) = self.check_restart_files(&name, options);
         let mut deferred = Deferred::default();
         let slot = {
             let mut state = self.state.lock();
@@ -322,7 +365,7 @@ impl Pool {
             }
             let group = state.groups.entry(name.clone()).or_insert_with(|| Group {
                 options: Arc::new(options.clone()),
-                restart: RestartWatch::default(),
+                restart: first_seen.unwrap_or_default(),
                 generation: 0,
                 processes: Vec::new(),
                 spawning: false,
@@ -367,25 +410,45 @@ impl Pool {
 
     /// Checks the app's restart files when PassengerStatThrottleRate allows
     /// (always while `always_restart.txt` exists). The file system is read
-    /// outside the pool lock; the lock only reserves the check.
-    fn check_restart_files(&self, name: &str, options: &AppOptions) -> Option<&'static str> {
+    /// outside the pool lock; the lock only reserves the check. For an app
+    /// that has no group yet, what the files look like is returned, to be
+    /// recorded when its group is created: a restart.txt touched after the
+    /// app's first request then counts.
+    fn check_restart_files(
+        &self,
+        name: &str,
+        options: &AppOptions,
+    ) -> (Option<&'static str>, Option<RestartWatch>) {
         let previous = {
             let mut state = self.state.lock();
             let throttle = state.limits.stat_throttle;
-            let group = state.groups.get_mut(name)?;
-            let watch = &mut group.restart;
             let now = Instant::now();
-            if !watch.always && watch.next_check.is_some_and(|next| now < next) {
-                return None;
+            match state.groups.get_mut(name) {
+                Some(group) => {
+                    let watch = &mut group.restart;
+                    if !watch.always && watch.next_check.is_some_and(|next| now < next) {
+                        return (None, None);
+                    }
+                    watch.next_check = Some(now + throttle);
+                    Some(watch.clone())
+                }
+                None => None,
             }
-            watch.next_check = Some(now + throttle);
-            watch.clone()
         };
         let dir = options.restart_dir_path();
         let mtime = std::fs::metadata(dir.join("restart.txt"))
             .and_then(|m| m.modified())
             .ok();
         let always = dir.join("always_restart.txt").exists();
+        let Some(previous) = previous else {
+            let seen = RestartWatch {
+                initialized: true,
+                restart_mtime: mtime,
+                always,
+                next_check: None,
+            };
+            return (None, Some(seen));
+        };
         let reason = if !previous.initialized {
             None
         } else if always {
@@ -401,7 +464,7 @@ impl Pool {
             group.restart.restart_mtime = mtime;
             group.restart.always = always;
         }
-        reason
+        (reason, None)
     }
 
     /// Takes a free slot in `group`, if there is one.
@@ -509,6 +572,11 @@ impl Pool {
 
     /// Carries out work decided under the lock.
     fn run(&self, deferred: Deferred) {
+        if let Some(observer) = self.observer.get() {
+            for event in deferred.events {
+                observer(event);
+            }
+        }
         for (waiter, result) in deferred.deliveries {
             // A waiter that gave up gives the result back; a lease in it
             // is dropped here, which checks it back in.
@@ -569,6 +637,10 @@ impl Pool {
                             pool.process_exited(&group_name, process_id);
                         }
                     }));
+                    deferred.events.push(PoolEvent::Attached {
+                        pid: spawned.handle.pid(),
+                        app_root: group.options.app_root.clone(),
+                    });
                     group.processes.push(Process {
                         id: process_id,
                         handle: spawned.handle,
@@ -593,6 +665,12 @@ impl Pool {
                     if !e.details.is_empty() {
                         log::error!(target: "MP0404", "error id {}: details: {}", e.id, e.details);
                     }
+                    deferred.events.push(PoolEvent::SpawnFailed {
+                        app_root: group.options.app_root.clone(),
+                        group: name.to_owned(),
+                        message: e.to_string(),
+                        error_id: e.id.clone(),
+                    });
                     let e: Arc<spawn::Error> = Arc::from(e);
                     for waiter in group.waiters.drain(..) {
                         deferred
@@ -771,6 +849,10 @@ impl Pool {
             };
             let process = group.processes.remove(index);
             let _ = std::fs::remove_file(&process.socket);
+            deferred.events.push(PoolEvent::Detached {
+                pid: process.handle.pid(),
+                app_root: group.options.app_root.clone(),
+            });
             if !process.detached {
                 log::warn!(
                     target: "MP0406",
@@ -874,6 +956,7 @@ impl Pool {
     /// Stops every process and refuses further checkouts. Returns when all
     /// have exited or `timeout` has passed (stragglers are killed).
     pub fn shutdown(&self, timeout: Duration) {
+        let mut events = Vec::new();
         let handles: Vec<(Arc<ProcessHandle>, PathBuf)> = {
             let mut state = self.state.lock();
             state.shutting_down = true;
@@ -882,6 +965,12 @@ impl Pool {
                 .values_mut()
                 .flat_map(|g| {
                     g.waiters.clear();
+                    for p in &g.processes {
+                        events.push(PoolEvent::Detached {
+                            pid: p.handle.pid(),
+                            app_root: g.options.app_root.clone(),
+                        });
+                    }
                     g.processes.drain(..).map(|p| (p.handle, p.socket))
                 })
                 .collect()
@@ -898,6 +987,10 @@ impl Pool {
             }
             let _ = std::fs::remove_file(socket);
         }
+        self.run(Deferred {
+            events,
+            ..Deferred::default()
+        });
     }
 
     /// A snapshot for status reports and tests.
@@ -998,6 +1091,10 @@ fn detach_all(group: &mut Group, deferred: &mut Deferred) {
 fn remove_and_stop(group: &mut Group, process_id: u64, deferred: &mut Deferred) {
     if let Some(index) = group.processes.iter().position(|p| p.id == process_id) {
         let process = group.processes.remove(index);
+        deferred.events.push(PoolEvent::Detached {
+            pid: process.handle.pid(),
+            app_root: group.options.app_root.clone(),
+        });
         deferred.stops.push((process.handle, process.socket));
     }
 }
