@@ -73,13 +73,21 @@ fn attached_and_detached_process_hooks_name_the_process_and_the_app() {
     // A restart detaches the process.
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::write(root.join("tmp/restart.txt"), "").unwrap();
-    assert_ne!(app_pid(&apache), pid);
+    let second = app_pid(&apache);
+    assert_ne!(second, pid);
     let text = wait_for_line(&log, "detached_process");
     assert!(
         text.contains(&format!(
             "detached_process pid={pid} root={}",
             root.display()
         )),
+        "{text}"
+    );
+    // Stopping Apache stops the agent, which detaches the rest first.
+    drop(apache);
+    let text = wait_for_line(&log, &format!("detached_process pid={second} "));
+    assert!(
+        text.contains(&format!("detached_process pid={second} ")),
         "{text}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
