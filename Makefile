@@ -13,7 +13,7 @@ PREFIX ?= /usr/lib/mod_passenger
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-build: module ## build mod_passenger.so, passenger-agent and passenger-status
+build: module ## build mod_passenger.so, passenger-agent, passenger-status and flying-passenger
 
 module: ## link mod_passenger.so from the Rust static library and the C shim
 	cargo build $(CARGO_PROFILE_FLAG) --lib --bins
@@ -36,9 +36,10 @@ serve: module ## serve the example apps in conf/examples through Apache on 127.0
 stop: ## stop the Apache started by `make serve`
 	conf/serve.sh --stop
 
-install: module ## install the module, the agent, passenger-status and the a2enmod files into the system Apache
+install: module ## install the module, the agent, passenger-status, flying-passenger and the a2enmod files into the system Apache
 	install -D -m 0755 $(OUT)/passenger-agent $(DESTDIR)$(PREFIX)/passenger-agent
 	install -D -m 0755 $(OUT)/passenger-status $(DESTDIR)/usr/sbin/passenger-status
+	install -D -m 0755 $(OUT)/flying-passenger $(DESTDIR)/usr/sbin/flying-passenger
 	install -D -m 0644 $(OUT)/mod_passenger.so $(DESTDIR)$(LIBEXECDIR)/mod_passenger.so
 	install -D -m 0644 conf/passenger.load $(DESTDIR)/etc/apache2/mods-available/passenger.load
 	install -D -m 0644 conf/passenger.conf $(DESTDIR)/etc/apache2/mods-available/passenger.conf

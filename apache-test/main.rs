@@ -3,6 +3,7 @@
 
 mod directives;
 mod errors;
+mod flying;
 mod harness;
 mod hooks;
 mod node;

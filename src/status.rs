@@ -68,8 +68,6 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             parsed.registry = Some(PathBuf::from(dir));
         } else if let Some(dir) = arg.strip_prefix("--instance-registry-dir=") {
             parsed.registry = Some(PathBuf::from(dir));
-        } else if arg == "-h" || arg == "--help" {
-            return Err(USAGE.to_owned());
         } else if arg.starts_with('-') || parsed.instance.is_some() {
             return Err(format!("unexpected argument {arg:?}\n{USAGE}"));
         } else {
@@ -81,6 +79,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
 
 /// Runs the tool; returns the exit status (0, 1 on an error, 2 on a usage error).
 pub fn main(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return 0;
+    }
     let args = match parse_args(args) {
         Ok(args) => args,
         Err(message) => {

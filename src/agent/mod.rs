@@ -16,6 +16,7 @@
 //! generation connects and sends CONFIGURE; app processes keep running.
 
 pub mod error_page;
+pub mod flying;
 pub mod hooks;
 pub mod instance;
 pub mod prestart;
@@ -44,6 +45,12 @@ pub struct Args {
     pub apache_uid: Option<u32>,
     /// Apache's group: owns the request socket.
     pub apache_gid: Option<u32>,
+    /// A second request socket at a path of the administrator's choosing
+    /// (Flying Passenger's `--socket-file`).
+    pub socket_file: Option<PathBuf>,
+    /// The agent's own global settings (Flying Passenger): Apache's
+    /// CONFIGURE is then acknowledged but changes nothing.
+    pub own_config: Option<ServerConfig>,
 }
 
 impl Args {
@@ -54,6 +61,8 @@ impl Args {
             apache_pid: None,
             apache_uid: None,
             apache_gid: None,
+            socket_file: None,
+            own_config: None,
         };
         while let Some(flag) = argv.next() {
             let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -94,6 +103,8 @@ pub struct Agent {
     stop: crossbeam::channel::Sender<&'static str>,
     /// The first configuration has come (the initialization hooks ran).
     initialized: std::sync::atomic::AtomicBool,
+    /// The agent runs with its own settings (Flying Passenger).
+    own_config: bool,
 }
 
 impl Agent {
@@ -114,6 +125,10 @@ impl Agent {
         let first = !self
             .initialized
             .swap(true, std::sync::atomic::Ordering::SeqCst);
+        if self.own_config && !first {
+            log::debug!(target: "MP0801", "configuration generation {generation} from Apache: keeping the daemon's own settings");
+            return Ok(());
+        }
         let registry = self.instance.dir.parent().unwrap_or(&self.instance.dir);
         self.hooks
             .set(hooks::HookSet::new(&config, &self.instance.dir, registry));
@@ -267,6 +282,7 @@ pub fn run(args: Args) -> Result<(), String> {
         hooks: hooks::Hooks::start()?,
         stop: stop_tx.clone(),
         initialized: std::sync::atomic::AtomicBool::new(false),
+        own_config: args.own_config.is_some(),
     });
     let observer = Arc::downgrade(&agent);
     agent.pool.set_observer(Box::new(move |event| {
@@ -281,11 +297,22 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     server::spawn_idle_collector(Arc::downgrade(&agent.pool))?;
     server::spawn_acceptor(Arc::clone(&agent), listener, args.apache_uid)?;
+    if let Some(path) = &args.socket_file {
+        let listener = server::bind(path, args.apache_gid)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        server::spawn_acceptor(Arc::clone(&agent), listener, args.apache_uid)?;
+    }
+    if let Some(config) = args.own_config.clone() {
+        agent.configure(1, config)?;
+    }
     log::info!(target: "MP0802", "passenger agent {} serving {}", std::process::id(), instance.dir.display());
 
     let reason = stop_rx.recv().unwrap_or("all stop senders are gone");
     log::info!(target: "MP0803", "shutting down: {reason}");
     instance.unlink_socket();
+    if let Some(path) = &args.socket_file {
+        let _ = std::fs::remove_file(path);
+    }
     agent.hooks.current().run("before_watchdog_shutdown", &[]);
     agent.pool.shutdown(Duration::from_secs(10));
     agent.hooks.flush();
