@@ -177,11 +177,13 @@ impl Hooks {
         }
     }
 
-    /// Waits until the hooks queued so far have run (before the agent exits).
-    pub fn flush(&self) {
+    /// Waits until the hooks queued so far have run (before the agent
+    /// exits), for at most `limit`: a script that hangs does not keep the
+    /// agent alive.
+    pub fn flush(&self, limit: std::time::Duration) {
         let (done, wait) = channel::bounded(1);
-        if self.background.send(Job::Flush(done)).is_ok() {
-            let _ = wait.recv();
+        if self.background.send(Job::Flush(done)).is_ok() && wait.recv_timeout(limit).is_err() {
+            log::warn!(target: "MP1102", "hook scripts still running after {} s; not waiting for them", limit.as_secs());
         }
     }
 }

@@ -315,7 +315,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     agent.hooks.current().run("before_watchdog_shutdown", &[]);
     agent.pool.shutdown(Duration::from_secs(10));
-    agent.hooks.flush();
+    agent.hooks.flush(Duration::from_secs(30));
     agent.hooks.current().run("after_watchdog_shutdown", &[]);
     instance.remove();
     Ok(())
