@@ -43,6 +43,7 @@ fn the_pool_view_shows_the_group_and_the_process_that_served() {
     };
     for needle in [
         "Max pool size : 6".to_owned(),
+        "(Apache/2.4".to_owned(),
         "Processes     : 1".to_owned(),
         format!("{} (production):", app_root.display()),
         format!("  App root: {}", app_root.display()),
@@ -67,6 +68,31 @@ fn show_json_gives_the_agents_document() {
             .as_u64()
             .unwrap()
             > 0
+    );
+}
+
+#[test]
+fn show_xml_is_well_formed_and_names_the_process() {
+    let apache = serve_app("wsgi", "", "");
+    let pid = app_pid(&apache);
+    let out = passenger_status(&apache.dir.join("registry"), &["--show=xml"]);
+    assert!(out.status.success());
+    let xml = String::from_utf8(out.stdout).unwrap();
+    assert!(xml.contains(&format!("<pid>{pid}</pid>")), "{xml}");
+    assert!(xml.contains("<app_type>wsgi</app_type>"), "{xml}");
+    assert!(xml.contains("<user>nobody</user>"), "{xml}");
+    let mut parser = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.dom.minidom; xml.dom.minidom.parseString(sys.stdin.buffer.read())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), xml.as_bytes()).unwrap();
+    assert!(
+        parser.wait().unwrap().success(),
+        "not well-formed XML:\n{xml}"
     );
 }
 

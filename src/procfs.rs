@@ -20,6 +20,21 @@ pub fn cpu_time(pid: i32) -> Option<Duration> {
     ticks(utime + stime)
 }
 
+/// The process's real uid and gid (`/proc/PID/status`).
+pub fn owner(pid: i32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let first = |key: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
 /// How long ago the process started (`/proc/PID/stat` against `/proc/uptime`).
 pub fn age(pid: i32) -> Option<Duration> {
     let started = ticks(stat_field(pid, 19)?)?;
@@ -66,5 +81,8 @@ mod tests {
         let age = age(me).unwrap();
         assert!(age < Duration::from_secs(3600), "{age:?}");
         assert_eq!(resident_kib(-1), None);
+        let (uid, gid) = owner(me).unwrap();
+        assert_eq!(uid, nix::unistd::getuid().as_raw());
+        assert_eq!(gid, nix::unistd::getgid().as_raw());
     }
 }

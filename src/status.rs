@@ -1,7 +1,7 @@
 //! `passenger-status`: what the agent of an Apache instance is running.
 //!
 //! ```text
-//! passenger-status [--show=pool|json] [--instance-registry-dir DIR] [INSTANCE]
+//! passenger-status [--show=pool|xml|json] [--instance-registry-dir DIR] [INSTANCE]
 //! ```
 //!
 //! Finds the instance directories under the registry directory (the
@@ -10,8 +10,9 @@
 //! there (or the one named, when several Apaches run), asks for its status
 //! over the frame protocol (`HELLO` as a status tool, then `STATUS`) and
 //! prints it: `--show=pool` (the default) in the layout of the original's
-//! `passenger-status`, `--show=json` as the agent's document. The agent
-//! only answers root and Apache's user.
+//! `passenger-status`, `--show=xml` as the original's `pool.xml` (the
+//! elements monitoring tools read; reference §8.5), `--show=json` as the
+//! agent's document. The agent only answers root and Apache's user.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;
@@ -28,6 +29,8 @@ use crate::protocol::{Connection, Message, Role};
 enum Show {
     /// The human-readable pool overview.
     Pool,
+    /// The original's `pool.xml`.
+    Xml,
     /// The agent's status document.
     Json,
 }
@@ -41,7 +44,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: passenger-status [--show=pool|json] [--instance-registry-dir DIR] [INSTANCE]";
+    "usage: passenger-status [--show=pool|xml|json] [--instance-registry-dir DIR] [INSTANCE]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
@@ -54,10 +57,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         if let Some(what) = arg.strip_prefix("--show=") {
             parsed.show = match what {
                 "pool" => Show::Pool,
+                "xml" => Show::Xml,
                 "json" => Show::Json,
                 other => {
                     return Err(format!(
-                        "--show={other} is not supported: use --show=pool or --show=json"
+                        "--show={other} is not supported: use --show=pool, --show=xml or --show=json"
                     ));
                 }
             };
@@ -104,6 +108,7 @@ pub fn main(args: &[String]) -> i32 {
         Ok((_, doc)) => {
             match args.show {
                 Show::Pool => print!("{}", format_pool(&doc, &now_text())),
+                Show::Xml => print!("{}", format_xml(&doc, unix_micros())),
                 Show::Json => println!("{doc:#}"),
             }
             0
@@ -261,12 +266,15 @@ fn format_pool(doc: &Value, date: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Version : {}", doc["version"].as_str().unwrap_or("?"));
     let _ = writeln!(out, "Date    : {date}");
-    let _ = writeln!(
-        out,
-        "Instance: {} (agent pid {})",
-        doc["instance"].as_str().unwrap_or("?"),
-        doc["pid"]
-    );
+    let instance = doc["instance"].as_str().unwrap_or("?");
+    match doc["server_software"].as_str().filter(|s| !s.is_empty()) {
+        Some(software) => {
+            let _ = writeln!(out, "Instance: {instance} ({software})");
+        }
+        None => {
+            let _ = writeln!(out, "Instance: {instance} (agent pid {})", doc["pid"]);
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "----------- General information -----------");
     let _ = writeln!(out, "Max pool size : {}", doc["max_pool_size"]);
@@ -324,6 +332,150 @@ fn format_pool(doc: &Value, date: &str) -> String {
     out
 }
 
+/// Microseconds since the Unix epoch, now.
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `text` with XML's special characters escaped.
+fn xml_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Appends `<name>value</name>`.
+fn element(out: &mut String, name: &str, value: &Value) {
+    let text = match value {
+        Value::String(s) => xml_text(s),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let _ = write!(out, "<{name}>{text}</{name}>");
+}
+
+/// The pool in the layout of the original's `pool.xml` (reference §8.5):
+/// one supergroup per app group, its group, and its processes, with the
+/// elements monitoring tools read (counts, capacity, queue, and per
+/// process pid, sessions, processed, uptime, last use, CPU and memory).
+/// `now_us` is the time now, in microseconds since the epoch.
+fn format_xml(doc: &Value, now_us: u64) -> String {
+    let groups = doc["groups"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let processes_of = |g: &Value| g["processes"].as_array().cloned().unwrap_or_default();
+    let process_count: usize = groups.iter().map(|g| processes_of(g).len()).sum();
+    let mut out =
+        String::from("<?xml version=\"1.0\" encoding=\"iso-8859-1\" ?>\n<info version=\"3\">");
+    element(&mut out, "passenger_version", &doc["version"]);
+    element(&mut out, "group_count", &Value::from(groups.len()));
+    element(&mut out, "process_count", &Value::from(process_count));
+    element(&mut out, "max", &doc["max_pool_size"]);
+    element(&mut out, "capacity_used", &Value::from(process_count));
+    element(&mut out, "get_wait_list_size", &Value::from(0));
+    out.push_str("<supergroups>");
+    for g in groups {
+        let processes = processes_of(g);
+        let spawning = g["spawning"].as_bool() == Some(true);
+        let enabled = processes
+            .iter()
+            .filter(|p| p["detached"].as_bool() != Some(true))
+            .count();
+        out.push_str("<supergroup>");
+        element(&mut out, "name", &g["name"]);
+        element(&mut out, "state", &Value::from("READY"));
+        element(&mut out, "get_wait_list_size", &Value::from(0));
+        element(&mut out, "capacity_used", &Value::from(processes.len()));
+        out.push_str("<group default=\"true\">");
+        element(&mut out, "name", &g["name"]);
+        element(&mut out, "component_name", &g["name"]);
+        element(&mut out, "app_root", &g["app_root"]);
+        element(&mut out, "app_type", &g["app_type"]);
+        element(&mut out, "environment", &g["environment"]);
+        element(&mut out, "enabled_process_count", &Value::from(enabled));
+        element(&mut out, "disabling_process_count", &Value::from(0));
+        element(&mut out, "disabled_process_count", &Value::from(0));
+        element(&mut out, "capacity_used", &Value::from(processes.len()));
+        element(&mut out, "get_wait_list_size", &g["waiting"]);
+        element(&mut out, "disable_wait_list_size", &Value::from(0));
+        element(
+            &mut out,
+            "processes_being_spawned",
+            &Value::from(u8::from(spawning)),
+        );
+        if spawning {
+            out.push_str("<spawning/>");
+        }
+        element(&mut out, "life_status", &Value::from("ALIVE"));
+        if let Some(owner) = processes
+            .iter()
+            .map(|p| &p["owner"])
+            .find(|o| o.is_object())
+        {
+            element(&mut out, "user", &owner["user"]);
+            element(&mut out, "uid", &owner["uid"]);
+            element(&mut out, "group", &owner["group"]);
+            element(&mut out, "gid", &owner["gid"]);
+        }
+        out.push_str("<processes>");
+        for p in &processes {
+            let detached = p["detached"].as_bool() == Some(true);
+            let idle_us = p["idle_ms"].as_u64().unwrap_or(0) * 1000;
+            let uptime_ms = p["uptime_ms"].as_u64().unwrap_or(0);
+            out.push_str("<process>");
+            element(&mut out, "pid", &p["pid"]);
+            element(&mut out, "concurrency", &p["concurrency"]);
+            element(&mut out, "sessions", &p["sessions"]);
+            element(&mut out, "busyness", &p["sessions"]);
+            element(&mut out, "processed", &p["processed"]);
+            element(
+                &mut out,
+                "last_used",
+                &Value::from(now_us.saturating_sub(idle_us)),
+            );
+            element(
+                &mut out,
+                "last_used_desc",
+                &Value::from(format!("{} ago", duration_text(idle_us / 1000))),
+            );
+            element(&mut out, "uptime", &Value::from(duration_text(uptime_ms)));
+            element(
+                &mut out,
+                "life_status",
+                &Value::from(if detached {
+                    "SHUTDOWN_TRIGGERED"
+                } else {
+                    "ALIVE"
+                }),
+            );
+            element(
+                &mut out,
+                "enabled",
+                &Value::from(if detached { "DETACHED" } else { "ENABLED" }),
+            );
+            let rss = p["rss_kib"].as_u64();
+            element(&mut out, "has_metrics", &Value::from(rss.is_some()));
+            if let Some(rss) = rss {
+                let cpu = match p["cpu_ms"].as_u64() {
+                    Some(cpu) if uptime_ms > 0 => cpu * 100 / uptime_ms,
+                    _ => 0,
+                };
+                element(&mut out, "cpu", &Value::from(cpu));
+                element(&mut out, "rss", &Value::from(rss));
+                element(&mut out, "real_memory", &Value::from(rss));
+            }
+            out.push_str("</process>");
+        }
+        out.push_str("</processes></group></supergroup>");
+    }
+    out.push_str("</supergroups></info>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +504,12 @@ mod tests {
         assert_eq!(a.show, Show::Json);
         assert_eq!(a.registry, Some(PathBuf::from("/r")));
         assert_eq!(a.instance.as_deref(), Some("mod_passenger.1"));
-        assert!(args(&["--show=xml"]).unwrap_err().contains("--show=pool"));
+        assert_eq!(args(&["--show=xml"]).unwrap().show, Show::Xml);
+        assert!(
+            args(&["--show=backtraces"])
+                .unwrap_err()
+                .contains("--show=pool")
+        );
         assert!(args(&["a", "b"]).is_err());
         assert!(args(&["--instance-registry-dir"]).is_err());
     }
@@ -402,6 +559,48 @@ mod tests {
                 "{line:?} missing from:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_xml_view_has_what_monitoring_tools_read() {
+        let doc = serde_json::json!({
+            "version": "0.1.0", "max_pool_size": 6,
+            "groups": [{
+                "name": "/srv/a&b (production)", "app_root": "/srv/a&b", "app_type": "rack",
+                "environment": "production", "waiting": 3, "spawning": true,
+                "processes": [{
+                    "pid": 7, "concurrency": 1, "sessions": 1, "processed": 9, "detached": false,
+                    "idle_ms": 2000, "uptime_ms": 10_000, "cpu_ms": 1000, "rss_kib": 2048,
+                    "owner": {"uid": 65534, "gid": 65534, "user": "nobody", "group": "nogroup"},
+                }],
+            }],
+        });
+        let xml = format_xml(&doc, 5_000_000);
+        assert!(
+            xml.starts_with(
+                "<?xml version=\"1.0\" encoding=\"iso-8859-1\" ?>\n<info version=\"3\">"
+            )
+        );
+        for needle in [
+            "<passenger_version>0.1.0</passenger_version>",
+            "<process_count>1</process_count>",
+            "<max>6</max>",
+            "<name>/srv/a&amp;b (production)</name>",
+            "<app_type>rack</app_type>",
+            "<get_wait_list_size>3</get_wait_list_size>",
+            "<spawning/>",
+            "<user>nobody</user><uid>65534</uid>",
+            "<pid>7</pid>",
+            "<processed>9</processed>",
+            "<last_used>3000000</last_used>",
+            "<last_used_desc>2s ago</last_used_desc>",
+            "<uptime>10s</uptime>",
+            "<enabled>ENABLED</enabled>",
+            "<cpu>10</cpu><rss>2048</rss>",
+        ] {
+            assert!(xml.contains(needle), "{needle} missing from {xml}");
+        }
+        assert!(xml.ends_with("</supergroups></info>\n"));
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct Agent {
     initialized: std::sync::atomic::AtomicBool,
     /// The agent runs with its own settings (Flying Passenger).
     own_config: bool,
+    /// Apache's description of itself, from the last CONFIGURE.
+    server_software: Mutex<String>,
 }
 
 impl Agent {
@@ -194,6 +196,11 @@ impl Agent {
         }
     }
 
+    /// Records Apache's description of itself (for `passenger-status`).
+    pub fn set_server_software(&self, software: &str) {
+        *self.server_software.lock() = software.to_owned();
+    }
+
     /// PassengerDefaultRuby of the current configuration.
     pub fn default_ruby(&self) -> String {
         self.config.lock().1.default_ruby.clone()
@@ -213,10 +220,19 @@ impl Agent {
                 serde_json::json!({
                     "name": g.name,
                     "app_root": g.app_root,
+                    "app_type": g.app_type,
+                    "environment": g.environment,
                     "waiting": g.waiting,
                     "spawning": g.spawning,
                     "processes": g.processes.iter().map(|p| serde_json::json!({
                         "pid": p.pid,
+                        "owner": crate::procfs::owner(p.pid).map(|(uid, gid)| serde_json::json!({
+                            "uid": uid,
+                            "gid": gid,
+                            "user": nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name),
+                            "group": nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name),
+                        })),
+                        "concurrency": p.concurrency,
                         "sessions": p.sessions,
                         "processed": p.processed,
                         "detached": p.detached,
@@ -231,6 +247,7 @@ impl Agent {
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "instance": String::from_utf8_lossy(&self.instance_name()),
+            "server_software": *self.server_software.lock(),
             "pid": std::process::id(),
             "generation": generation,
             "max_pool_size": max_pool_size,
@@ -283,6 +300,7 @@ pub fn run(args: Args) -> Result<(), String> {
         stop: stop_tx.clone(),
         initialized: std::sync::atomic::AtomicBool::new(false),
         own_config: args.own_config.is_some(),
+        server_software: Mutex::new(String::new()),
     });
     let observer = Arc::downgrade(&agent);
     agent.pool.set_observer(Box::new(move |event| {

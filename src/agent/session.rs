@@ -78,9 +78,14 @@ fn serve_control(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), 
     while let Some((id, msg)) = conn.read_frame()? {
         match msg {
             Message::Configure { generation, config } => {
-                let parsed = serde_json::from_slice(&config)
+                let parsed = serde_json::from_slice::<serde_json::Value>(&config)
                     .map_err(|e| e.to_string())
-                    .and_then(|v| ServerConfig::from_json(&v).map_err(|e| e.to_string()));
+                    .and_then(|v| {
+                        if let Some(software) = v["server_software"].as_str() {
+                            agent.set_server_software(software);
+                        }
+                        ServerConfig::from_json(&v).map_err(|e| e.to_string())
+                    });
                 match parsed {
                     Ok(config) => match agent.configure(generation, config) {
                         Ok(()) => conn.send(id, &Message::ConfigureOk)?,

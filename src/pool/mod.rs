@@ -1002,6 +1002,8 @@ impl Pool {
             .map(|(name, g)| GroupSnapshot {
                 name: name.clone(),
                 app_root: g.options.app_root.clone(),
+                app_type: g.options.app_type.name(),
+                environment: g.options.app_env.clone(),
                 waiting: g.waiters.len(),
                 spawning: g.spawning,
                 processes: g
@@ -1009,6 +1011,7 @@ impl Pool {
                     .iter()
                     .map(|p| ProcessSnapshot {
                         pid: p.handle.pid(),
+                        concurrency: p.concurrency,
                         sessions: p.sessions,
                         processed: p.processed,
                         detached: p.detached,
@@ -1030,6 +1033,10 @@ pub struct GroupSnapshot {
     pub name: String,
     /// The app root.
     pub app_root: String,
+    /// The app's type (`wsgi`, `rack`, `node`, ...).
+    pub app_type: &'static str,
+    /// Its environment (PassengerAppEnv).
+    pub environment: String,
     /// Requests in the queue.
     pub waiting: usize,
     /// A spawn is in progress.
@@ -1043,6 +1050,8 @@ pub struct GroupSnapshot {
 pub struct ProcessSnapshot {
     /// Its pid.
     pub pid: i32,
+    /// Requests it takes at once; 0 = unlimited.
+    pub concurrency: u32,
     /// Requests in progress.
     pub sessions: u32,
     /// Requests served.
