@@ -1,6 +1,7 @@
 //! `passenger-status` against a real Apache: the pool view names the app
 //! group and the process that served the request, `--show=json` gives the
-//! agent's document, and with no agent running it says so.
+//! agent's document, any user may ask and sees only its own apps, and with
+//! no agent running it says so.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -105,4 +106,51 @@ fn without_a_running_agent_it_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not seem to be running"), "{err}");
     std::fs::remove_dir_all(&registry).unwrap();
+}
+
+#[test]
+fn each_user_sees_only_the_apps_that_run_as_itself() {
+    let apache = serve_app("wsgi", "", "");
+    let pid = app_pid(&apache);
+    let as_user = |user: &str| {
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", env!("CARGO_BIN_EXE_passenger-status")])
+            .arg("--instance-registry-dir")
+            .arg(apache.dir.join("registry"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The root-owned app runs as nobody.
+    let nobody = as_user("nobody");
+    assert!(nobody.contains(&format!("* PID: {pid} ")), "{nobody}");
+    let www_data = as_user("www-data");
+    assert!(www_data.contains("App groups    : 0"), "{www_data}");
+    assert!(!www_data.contains(&format!("{pid}")), "{www_data}");
+}
+
+#[test]
+fn the_status_socket_answers_nothing_but_status() {
+    use mod_passenger::protocol::{Connection, Message, Role};
+    let apache = serve_app("wsgi", "", "");
+    app_pid(&apache);
+    let socket = apache.instance_dirs()[0].join("status.sock");
+    let mut conn = Connection::new(std::os::unix::net::UnixStream::connect(socket).unwrap());
+    let hello = Message::Hello {
+        role: Role::Worker,
+        pid: std::process::id(),
+        generation: 0,
+    };
+    conn.send(0, &hello).unwrap();
+    match conn.read_frame().unwrap() {
+        Some((_, Message::Error { code, message })) => {
+            assert_eq!(code, 403, "{message}");
+        }
+        other => panic!("a worker was let in: {other:?}"),
+    }
 }

@@ -10,6 +10,7 @@
 //! ```text
 //! <registry>/mod_passenger.<16 hex digits>/   0711, owned by the agent's user
 //!     agent.sock     the request socket: 0660, group = Apache's group
+//!     status.sock    the status socket: 0666, status requests only
 //!     agent.pid      the agent's pid
 //!     apps/          0700: one listening socket per app process
 //!     loaders/       0755: the loader scripts the apps run
@@ -40,6 +41,12 @@ pub fn instance_dir(registry: &Path, server_root: &[u8], config_file: &[u8]) -> 
 /// The request socket inside an instance directory.
 pub fn agent_socket(instance_dir: &Path) -> PathBuf {
     instance_dir.join("agent.sock")
+}
+
+/// The status socket inside an instance directory: open to anyone, for
+/// `passenger-status` (each caller sees its own apps).
+pub fn status_socket(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("status.sock")
 }
 
 /// FNV-1a, 64 bits: a stable hash for naming (not for security; the

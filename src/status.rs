@@ -6,13 +6,15 @@
 //!
 //! Finds the instance directories under the registry directory (the
 //! option, else `PASSENGER_INSTANCE_REGISTRY_DIR`, else the default of
-//! [`crate::instance::default_registry_dir`]), connects to the one agent
-//! there (or the one named, when several Apaches run), asks for its status
-//! over the frame protocol (`HELLO` as a status tool, then `STATUS`) and
+//! [`crate::instance::default_registry_dir`]), connects to the status
+//! socket of the one agent there (or the one named, when several Apaches
+//! run), asks for its status over the frame protocol (`HELLO` as a status
+//! tool, then `STATUS`) and
 //! prints it: `--show=pool` (the default) in the layout of the original's
 //! `passenger-status`, `--show=xml` as the original's `pool.xml` (the
 //! elements monitoring tools read; reference §8.5), `--show=json` as the
-//! agent's document. The agent only answers root and Apache's user.
+//! agent's document. Anyone may ask: root sees every app, other users the
+//! apps that run as themselves.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;
@@ -134,7 +136,7 @@ fn instances(registry: &Path) -> Result<Vec<PathBuf>, String> {
             path.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("mod_passenger."))
-                && instance::agent_socket(path).exists()
+                && instance::status_socket(path).exists()
         })
         .collect();
     dirs.sort();
@@ -179,7 +181,7 @@ fn pick_instance(registry: &Path, name: Option<&str>) -> Result<PathBuf, String>
 
 /// Asks the agent of `instance_dir` for its status document.
 fn query(instance_dir: &Path) -> Result<Value, String> {
-    let socket = instance::agent_socket(instance_dir);
+    let socket = instance::status_socket(instance_dir);
     let failed = |e: &dyn std::fmt::Display| format!("the agent at {}: {e}", socket.display());
     let stream = UnixStream::connect(&socket).map_err(|e| failed(&e))?;
     stream
@@ -615,7 +617,7 @@ mod tests {
         );
         for name in ["mod_passenger.01", "mod_passenger.02"] {
             std::fs::create_dir_all(registry.join(name)).unwrap();
-            std::fs::write(instance::agent_socket(&registry.join(name)), "").unwrap();
+            std::fs::write(instance::status_socket(&registry.join(name)), "").unwrap();
         }
         assert!(
             pick_instance(&registry, None)

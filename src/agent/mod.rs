@@ -207,7 +207,8 @@ impl Agent {
     }
 
     /// The status document `passenger-status` shows (`docs/operations.md`).
-    pub fn status(&self) -> serde_json::Value {
+    /// With `viewer`, only the app groups whose processes run as that uid.
+    pub fn status(&self, viewer: Option<u32>) -> serde_json::Value {
         let (generation, max_pool_size) = {
             let config = self.config.lock();
             (config.0, config.1.max_pool_size)
@@ -216,6 +217,13 @@ impl Agent {
             .pool
             .snapshot()
             .into_iter()
+            .filter(|g| {
+                viewer.is_none_or(|uid| {
+                    g.processes
+                        .iter()
+                        .any(|p| crate::procfs::owner(p.pid).is_some_and(|(owner, _)| owner == uid))
+                })
+            })
             .map(|g| {
                 serde_json::json!({
                     "name": g.name,
@@ -314,12 +322,19 @@ pub fn run(args: Args) -> Result<(), String> {
         server::spawn_parent_watch(pid, stop_tx.clone())?;
     }
     server::spawn_idle_collector(Arc::downgrade(&agent.pool))?;
-    server::spawn_acceptor(Arc::clone(&agent), listener, args.apache_uid)?;
+    let requests = server::Door::Requests {
+        apache_uid: args.apache_uid,
+    };
+    server::spawn_acceptor(Arc::clone(&agent), listener, requests)?;
     if let Some(path) = &args.socket_file {
         let listener = server::bind(path, args.apache_gid)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-        server::spawn_acceptor(Arc::clone(&agent), listener, args.apache_uid)?;
+        server::spawn_acceptor(Arc::clone(&agent), listener, requests)?;
     }
+    let status_path = crate::instance::status_socket(&instance.dir);
+    let status = server::bind_status(&status_path)
+        .map_err(|e| format!("cannot listen on {}: {e}", status_path.display()))?;
+    server::spawn_acceptor(Arc::clone(&agent), status, server::Door::Status)?;
     if let Some(config) = args.own_config.clone() {
         agent.configure(1, config)?;
     }

@@ -87,12 +87,29 @@ pub fn spawn_idle_collector(pool: Weak<Pool>) -> Result<(), String> {
     })
 }
 
+/// Binds the status socket: mode 0666, for `passenger-status` run by
+/// anyone; each caller sees only the apps that run as its own user.
+pub fn bind_status(path: &Path) -> io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Which socket an acceptor serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Door {
+    /// The request socket: root, the agent's user and Apache's user, every role.
+    Requests {
+        /// Apache's user.
+        apache_uid: Option<u32>,
+    },
+    /// The status socket: anyone, status requests only.
+    Status,
+}
+
 /// Accepts connections, checks who is calling, and serves each on a thread.
-pub fn spawn_acceptor(
-    agent: Arc<Agent>,
-    listener: UnixListener,
-    apache_uid: Option<u32>,
-) -> Result<(), String> {
+pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, door: Door) -> Result<(), String> {
     let active = Arc::new(AtomicUsize::new(0));
     spawn("accept", move || {
         for stream in listener.incoming() {
@@ -104,7 +121,13 @@ pub fn spawn_acceptor(
                     continue;
                 }
             };
-            if !peer_allowed(&stream, apache_uid) {
+            let Some(peer_uid) = peer_uid(&stream) else {
+                continue;
+            };
+            if let Door::Requests { apache_uid } = door
+                && !privileged(peer_uid, apache_uid)
+            {
+                log::warn!(target: "MP0807", "refused a connection from uid {peer_uid}");
                 continue;
             }
             if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
@@ -118,7 +141,13 @@ pub fn spawn_acceptor(
                 .name("conn".into())
                 .spawn(move || {
                     let _guard = guard;
-                    session::serve(&agent, stream);
+                    let caller = match door {
+                        Door::Requests { .. } => session::Caller::Trusted,
+                        Door::Status => session::Caller::StatusOnly(
+                            (!privileged(peer_uid, None)).then_some(peer_uid),
+                        ),
+                    };
+                    session::serve(&agent, stream, caller);
                 });
             if let Err(e) = spawned {
                 log::error!(target: "MP0806", "cannot start a connection thread: {e}");
@@ -137,22 +166,21 @@ impl Drop for ActiveGuard {
 }
 
 /// Only root, the agent's own user and Apache's user may talk to the agent.
-fn peer_allowed(stream: &UnixStream, apache_uid: Option<u32>) -> bool {
+/// The uid of the process at the other end.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
     match getsockopt(stream, PeerCredentials) {
-        Ok(creds) => {
-            let uid = creds.uid();
-            let allowed =
-                uid == 0 || uid == nix::unistd::geteuid().as_raw() || Some(uid) == apache_uid;
-            if !allowed {
-                log::warn!(target: "MP0807", "refused a connection from uid {uid} (pid {})", creds.pid());
-            }
-            allowed
-        }
+        Ok(creds) => Some(creds.uid()),
         Err(e) => {
             log::warn!(target: "MP0807", "cannot read a connection's credentials: {e}");
-            false
+            None
         }
     }
+}
+
+/// Whether `uid` may use the request socket: root, the agent's own user
+/// and Apache's.
+pub fn privileged(uid: u32, apache_uid: Option<u32>) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw() || Some(uid) == apache_uid
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {

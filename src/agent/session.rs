@@ -18,10 +18,20 @@ use crate::protocol::{self, Connection, Message, PairList, RequestHead, Role};
 /// A connection from the module.
 type ModuleConnection = Connection<UnixStream>;
 
+/// Who may do what on a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller {
+    /// On the request socket: any role, the whole status.
+    Trusted,
+    /// On the status socket: status requests only, showing only the apps
+    /// of this uid (`None`: root or the agent's user, who see all).
+    StatusOnly(Option<u32>),
+}
+
 /// Serves a connection until the peer closes it or breaks the protocol.
-pub fn serve(agent: &Arc<Agent>, stream: UnixStream) {
+pub fn serve(agent: &Arc<Agent>, stream: UnixStream, caller: Caller) {
     let mut conn = Connection::new(stream);
-    if let Err(e) = serve_connection(agent, &mut conn) {
+    if let Err(e) = serve_connection(agent, &mut conn, caller) {
         log::warn!(target: "MP0701", "closing a connection: {e}");
         if !matches!(e, protocol::Error::Io(_) | protocol::Error::UnexpectedEof) {
             let _ = conn.send(
@@ -38,6 +48,7 @@ pub fn serve(agent: &Arc<Agent>, stream: UnixStream) {
 fn serve_connection(
     agent: &Arc<Agent>,
     conn: &mut ModuleConnection,
+    caller: Caller,
 ) -> Result<(), protocol::Error> {
     let role = match conn.read_frame()? {
         Some((
@@ -59,6 +70,14 @@ fn serve_connection(
         Some(_) => return Err(protocol::Error::Malformed("the first frame must be HELLO")),
         None => return Ok(()),
     };
+    let viewer = match caller {
+        Caller::Trusted => None,
+        Caller::StatusOnly(_) if role != Role::Status => {
+            let message = "this socket only answers status requests".to_owned();
+            return conn.send(0, &Message::Error { code: 403, message });
+        }
+        Caller::StatusOnly(viewer) => viewer,
+    };
     conn.send(
         0,
         &Message::HelloOk {
@@ -69,7 +88,7 @@ fn serve_connection(
     match role {
         Role::Worker => serve_worker(agent, conn),
         Role::Control => serve_control(agent, conn),
-        Role::Status => serve_status(agent, conn),
+        Role::Status => serve_status(agent, conn, viewer),
     }
 }
 
@@ -118,11 +137,15 @@ fn serve_control(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), 
 }
 
 /// A status tool: a JSON document describing the pool.
-fn serve_status(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
+fn serve_status(
+    agent: &Arc<Agent>,
+    conn: &mut ModuleConnection,
+    viewer: Option<u32>,
+) -> Result<(), protocol::Error> {
     while let Some((id, msg)) = conn.read_frame()? {
         match msg {
             Message::Status { .. } => {
-                let document = serde_json::to_vec(&agent.status()).unwrap_or_default();
+                let document = serde_json::to_vec(&agent.status(viewer)).unwrap_or_default();
                 conn.send(id, &Message::StatusReply { document })?;
             }
             Message::Ping => conn.send(id, &Message::Pong)?,
