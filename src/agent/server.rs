@@ -22,6 +22,11 @@ use crate::pool::Pool;
 /// listen backlog. Apache's workers each hold one.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// The status socket is open to every local user: it serves fewer
+/// connections at once, and drops one that stays silent this long.
+const MAX_STATUS_CONNECTIONS: usize = 16;
+const STATUS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds the request socket: mode 0660, group = Apache's group, so only
 /// root and Apache's user can connect (checked again per connection).
 pub fn bind(path: &Path, apache_gid: Option<u32>) -> io::Result<UnixListener> {
@@ -130,8 +135,12 @@ pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, door: Door) -> 
                 log::warn!(target: "MP0807", "refused a connection from uid {peer_uid}");
                 continue;
             }
-            if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-                log::warn!(target: "MP0805", "too many connections ({MAX_CONNECTIONS}); refusing one");
+            let limit = match door {
+                Door::Requests { .. } => MAX_CONNECTIONS,
+                Door::Status => MAX_STATUS_CONNECTIONS,
+            };
+            if active.load(Ordering::Acquire) >= limit {
+                log::warn!(target: "MP0805", "too many connections ({limit}); refusing one");
                 continue;
             }
             active.fetch_add(1, Ordering::AcqRel);
@@ -143,9 +152,14 @@ pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, door: Door) -> 
                     let _guard = guard;
                     let caller = match door {
                         Door::Requests { .. } => session::Caller::Trusted,
-                        Door::Status => session::Caller::StatusOnly(
-                            (!privileged(peer_uid, None)).then_some(peer_uid),
-                        ),
+                        Door::Status => {
+                            if stream.set_read_timeout(Some(STATUS_IDLE_TIMEOUT)).is_err() {
+                                return;
+                            }
+                            session::Caller::StatusOnly(
+                                (!privileged(peer_uid, None)).then_some(peer_uid),
+                            )
+                        }
                     };
                     session::serve(&agent, stream, caller);
                 });
