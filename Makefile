@@ -23,11 +23,12 @@ module: ## link mod_passenger.so from the Rust static library and the C shim
 	    -lpthread -ldl -lm -lgcc_s -lc
 	mv $(OUT)/mod_passenger.so.tmp $(OUT)/mod_passenger.so
 
-test: ## run every test: unit, integration, loaders and end-to-end through Apache
+test: ## run every test: unit, integration, loaders, the soak client and end-to-end through Apache
 	$(MAKE) module PROFILE=debug
 	/usr/bin/python3 -m unittest discover -s src/loaders -p 'test_*.py'
 	ruby src/loaders/test_rack_loader.rb
 	node --test src/loaders/test_node_loader.js
+	cargo test --manifest-path bench/soak-client/Cargo.toml
 	cargo test --no-fail-fast
 
 serve: module ## serve the example apps in conf/examples through Apache on 127.0.0.1:8080

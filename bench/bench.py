@@ -1012,6 +1012,19 @@ def markdown(report):
                    f'{fmt_ratio(r["p50_ms_c16"])} | {fmt_ratio(r["p99_ms_c16"])} | {fmt_ratio(r["rps_c1"])} | '
                    f'{fmt_ratio(r["p50_ms_c1"])} | {fmt_ratio(r["p99_ms_c1"])} |')
     out.append('')
+    # The machine's speed drifts between the 10 s windows; the ratio within
+    # each round shows how much of a ratio is that drift.
+    out.append('Round by round (each round runs every target once), req/s at 16 connections, '
+               'ours / theirs:')
+    out.append('')
+    for r in report['ratios']:
+        ours_runs = t[r['ours']].get('runs', {}).get('16', [])
+        theirs_runs = t[r['theirs']].get('runs', {}).get('16', [])
+        per_round = [a['rps'] / b['rps'] for a, b in zip(ours_runs, theirs_runs) if a.get('rps') and b.get('rps')]
+        if per_round:
+            out.append(f'- {t[r["ours"]]["label"]} / {t[r["theirs"]]["label"]}: '
+                       + ', '.join(f'{x:.2f}' for x in per_round))
+    out.append('')
     out.append('Cold start, from `apache2 -k start` to the first 200 from the app (median [min..max]):')
     out.append('')
     out.append('| target | seconds |')
