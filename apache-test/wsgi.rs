@@ -33,6 +33,38 @@ fn serves_the_app_and_leaves_static_files_to_apache() {
 }
 
 #[test]
+fn cached_pages_are_served_by_apache_for_gets_only() {
+    let apache = wsgi_apache("");
+    let public = apache.dir.join("apps/wsgi/public");
+    std::fs::write(public.join("cached.html"), "a cached page\n").unwrap();
+    std::fs::write(public.join("index.html"), "the cached front page\n").unwrap();
+    // Rails page caching, as the original: /cached is served from cached.html
+    // and / from index.html, by Apache, as HTML.
+    let page = apache.get("/cached");
+    assert_eq!(
+        (page.status, page.text().as_str()),
+        (200, "a cached page\n")
+    );
+    assert!(
+        page.header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/html"))
+    );
+    assert_eq!(apache.get("/").text(), "the cached front page\n");
+    // Anything but a GET goes to the app.
+    let posted = apache.request(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    assert_eq!(posted.status, 200);
+    std::fs::write(public.join("echo.html"), "cached echo\n").unwrap();
+    let posted = apache.request(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    assert_ne!(posted.text(), "cached echo\n");
+    // A path without a cached page still reaches the app.
+    assert!(json(&apache.get("/env"))["pid"].as_i64().is_some());
+}
+
+#[test]
 fn passenger_enabled_off_leaves_the_vhost_to_apache() {
     let apache = wsgi_apache("PassengerEnabled off");
     assert_eq!(apache.get("/").status, 404);

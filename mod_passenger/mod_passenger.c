@@ -168,6 +168,30 @@ static int mp_save_filename(request_rec *r)
     return DECLINED;
 }
 
+/* Rails page caching, as the original does it: a GET for a path of an
+ * app whose cached page exists (<path>.html, or <path>index.html for a
+ * path ending in '/') is served by Apache as that file. Returns 1 when
+ * r now names the page. */
+static int mp_use_cached_page(request_rec *r, const char *filename)
+{
+    if (r->method_number != M_GET || !filename || !*filename) {
+        return 0;
+    }
+    size_t len = strlen(filename);
+    const char *page = apr_pstrcat(r->pool, filename,
+                                   filename[len - 1] == '/' ? "index.html" : ".html", NULL);
+    apr_finfo_t finfo;
+    if (apr_stat(&finfo, page, APR_FINFO_MIN, r->pool) != APR_SUCCESS || finfo.filetype != APR_REG) {
+        return 0;
+    }
+    r->filename = apr_pstrdup(r->pool, page);
+    r->canonical_filename = r->filename;
+    r->finfo = finfo;
+    r->path_info = NULL;
+    ap_set_content_type(r, "text/html");
+    return 1;
+}
+
 static int mp_fixups(request_rec *r)
 {
     if (r->handler && strcmp(r->handler, "redirect-handler") == 0) {
@@ -186,6 +210,10 @@ static int mp_fixups(request_rec *r)
     }
     if (rc != MP_OK) {
         return (int)http_status;
+    }
+    if (mp_use_cached_page(r, state->original_filename)) {
+        mp_match_free(match);
+        return DECLINED;
     }
     state->match = match;
     apr_pool_cleanup_register(r->pool, match, mp_bridge_free_match, apr_pool_cleanup_null);
