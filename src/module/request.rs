@@ -146,8 +146,18 @@ pub fn build_request(
     RequestHead {
         flags,
         options: app_options(dir, m),
-        env: env.into_iter().collect(),
+        env: encode_env(&env),
     }
+}
+
+/// The environment in the frame's encoding, in one buffer sized up front.
+fn encode_env(env: &[(Cow<[u8]>, &[u8])]) -> PairList {
+    let bytes = env.iter().map(|(n, v)| 8 + n.len() + v.len()).sum();
+    let mut list = PairList::with_capacity(bytes);
+    for (name, value) in env {
+        list.push(name, value);
+    }
+    list
 }
 
 /// The app's options for the agent: the directives set for this location,
