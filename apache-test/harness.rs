@@ -331,7 +331,14 @@ PassengerInstanceRegistryDir {dir}/registry
             return;
         }
         self.stopped = true;
-        let Ok(pid_text) = std::fs::read_to_string(self.dir.join("httpd.pid")) else {
+        // A test may end while Apache is still starting: wait a little for
+        // its pid file rather than leave it running.
+        let pid_file = self.dir.join("httpd.pid");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pid_file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let Ok(pid_text) = std::fs::read_to_string(&pid_file) else {
             return;
         };
         let pid: i32 = pid_text.trim().parse().unwrap_or(0);
