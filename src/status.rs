@@ -255,6 +255,12 @@ fn duration_text(ms: u64) -> String {
     }
 }
 
+/// A process's CPU time over its age, in percent, when both are known.
+fn cpu_percent(process: &Value) -> Option<u64> {
+    let uptime_ms = process["uptime_ms"].as_u64().filter(|&up| up > 0)?;
+    Some(process["cpu_ms"].as_u64()? * 100 / uptime_ms)
+}
+
 /// The pool overview, in the layout of the original's `passenger-status`.
 fn format_pool(doc: &Value, date: &str) -> String {
     let groups = doc["groups"]
@@ -303,10 +309,7 @@ fn format_pool(doc: &Value, date: &str) -> String {
             .unwrap_or_default()
         {
             let uptime_ms = p["uptime_ms"].as_u64().unwrap_or(0);
-            let cpu = match (p["cpu_ms"].as_u64(), uptime_ms) {
-                (Some(cpu), up) if up > 0 => format!("{}%", cpu * 100 / up),
-                _ => "?".to_owned(),
-            };
+            let cpu = cpu_percent(p).map_or_else(|| "?".to_owned(), |cpu| format!("{cpu}%"));
             let memory = p["rss_kib"]
                 .as_u64()
                 .map_or_else(|| "?".to_owned(), |kib| format!("{}M", kib / 1024));
@@ -462,11 +465,7 @@ fn format_xml(doc: &Value, now_us: u64) -> String {
             let rss = p["rss_kib"].as_u64();
             element(&mut out, "has_metrics", &Value::from(rss.is_some()));
             if let Some(rss) = rss {
-                let cpu = match p["cpu_ms"].as_u64() {
-                    Some(cpu) if uptime_ms > 0 => cpu * 100 / uptime_ms,
-                    _ => 0,
-                };
-                element(&mut out, "cpu", &Value::from(cpu));
+                element(&mut out, "cpu", &Value::from(cpu_percent(p).unwrap_or(0)));
                 element(&mut out, "rss", &Value::from(rss));
                 element(&mut out, "real_memory", &Value::from(rss));
             }

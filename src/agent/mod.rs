@@ -217,13 +217,6 @@ impl Agent {
             .pool
             .snapshot()
             .into_iter()
-            .filter(|g| {
-                viewer.is_none_or(|uid| {
-                    g.processes
-                        .iter()
-                        .any(|p| crate::procfs::owner(p.pid).is_some_and(|(owner, _)| owner == uid))
-                })
-            })
             .map(|g| {
                 serde_json::json!({
                     "name": g.name,
@@ -249,6 +242,14 @@ impl Agent {
                         "cpu_ms": crate::procfs::cpu_time(p.pid).map(|t| t.as_millis() as u64),
                         "rss_kib": crate::procfs::resident_kib(p.pid),
                     })).collect::<Vec<_>>(),
+                })
+            })
+            // A viewer sees the groups with a process of its own uid.
+            .filter(|g: &serde_json::Value| {
+                viewer.is_none_or(|uid| {
+                    g["processes"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["owner"]["uid"] == uid))
                 })
             })
             .collect();
