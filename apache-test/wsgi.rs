@@ -416,22 +416,22 @@ fn keep_alive_burst(port: u16, path: &str, n: usize) -> (Vec<u16>, BurstEnd) {
         let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n");
         // A reused connection the server has closed fails on the write or
         // with nothing to read: the request was never read.
-        let closed_before_answer = |e: &std::io::Error| {
-            i > 0
+        let end_before_answer = |e: std::io::Error| {
+            let closed = i > 0
                 && matches!(
                     e.kind(),
                     std::io::ErrorKind::BrokenPipe
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::UnexpectedEof
-                )
-        };
-        if let Err(e) = writer.write_all(request.as_bytes()) {
-            let end = if closed_before_answer(&e) {
+                );
+            if closed {
                 BurstEnd::KeepAliveClosed
             } else {
                 BurstEnd::Failed(e)
-            };
-            return (statuses, end);
+            }
+        };
+        if let Err(e) = writer.write_all(request.as_bytes()) {
+            return (statuses, end_before_answer(e));
         }
         // Nothing at all to read (end of stream or a reset) means the
         // server closed the connection without reading the request; once
@@ -442,12 +442,7 @@ fn keep_alive_burst(port: u16, path: &str, n: usize) -> (Vec<u16>, BurstEnd) {
             Err(e) => Err(e),
         };
         if let Err(e) = first_byte {
-            let end = if closed_before_answer(&e) {
-                BurstEnd::KeepAliveClosed
-            } else {
-                BurstEnd::Failed(e)
-            };
-            return (statuses, end);
+            return (statuses, end_before_answer(e));
         }
         let response = match read_response(&mut reader, false) {
             Ok(response) if response.status == 0 => {
