@@ -23,6 +23,12 @@
  * back as RESPONSE, BODY (one per chunk, streamed) and END. No HTTP is
  * parsed or produced by this file: Node's own http module does both ends.
  *
+ * A REQUEST with the upgrade flag (a WebSocket handshake) reaches the app
+ * server's own 'upgrade' listeners. When the app switches protocols, the
+ * 101 goes back as RESPONSE and the connection becomes a tunnel: raw bytes
+ * flow both ways as BODY frames until both sides have sent END, and then
+ * the connection is closed (docs/protocol.md, "Upgraded connections").
+ *
  * One self-contained CommonJS file, Node's standard library only, Node 18
  * and later. See docs/node.md for the contract and the small
  * `PhusionPassenger` API.
@@ -70,6 +76,7 @@ const FIXED_PAYLOAD_LEN = {
 
 const FLAG_HAS_BODY = 0x01;
 const FLAG_HTTPS = 0x02;
+const FLAG_UPGRADE = 0x04;
 
 // ERROR codes we send: 1 is fixed by the spec, the others are HTTP statuses.
 const ERROR_UNSUPPORTED_VERSION = 1;
@@ -279,8 +286,11 @@ function decodePairs(payload, off, into) {
 function decodeRequest(payload) {
   if (payload.length < 1) throw new ProtocolError('empty REQUEST payload');
   const flags = payload[0];
-  if (flags & ~(FLAG_HAS_BODY | FLAG_HTTPS)) {
+  if (flags & ~(FLAG_HAS_BODY | FLAG_HTTPS | FLAG_UPGRADE)) {
     throw new ProtocolError(`unknown REQUEST flags 0x${hex2(flags)}`);
+  }
+  if ((flags & FLAG_UPGRADE) && (flags & FLAG_HAS_BODY)) {
+    throw new ProtocolError(`REQUEST flags 0x${hex2(flags)}: an upgrade request has no body`);
   }
   const env = [];
   let off = decodePairs(payload, 1, null);
@@ -365,10 +375,14 @@ const kTimer = Symbol('timer');
  * it) and end/destroy propagation. The end given to the app server looks
  * enough like a net.Socket: remoteAddress & co., setTimeout(), setNoDelay(),
  * setKeepAlive(), ref(), unref(), address().
+ *
+ * With `allowHalfOpen` (a pair that may become a tunnel), an end that has
+ * read the peer's end of file stays writable until it ends itself, as the
+ * sockets of a real http.Server do; otherwise it ends with its peer.
  */
 class MemorySocket extends Duplex {
-  constructor() {
-    super({ allowHalfOpen: false, readableHighWaterMark: 64 * 1024 });
+  constructor(allowHalfOpen = false) {
+    super({ allowHalfOpen, readableHighWaterMark: 64 * 1024 });
     this[kPeer] = null;
     this[kWaiting] = null; // the callback of our write the peer has not taken yet
     this[kEofSent] = false;
@@ -381,9 +395,9 @@ class MemorySocket extends Duplex {
     this.localPort = undefined;
   }
 
-  static pair() {
-    const a = new MemorySocket();
-    const b = new MemorySocket();
+  static pair(allowHalfOpen = false) {
+    const a = new MemorySocket(allowHalfOpen);
+    const b = new MemorySocket(allowHalfOpen);
     a[kPeer] = b;
     b[kPeer] = a;
     return [a, b];
@@ -501,6 +515,9 @@ const DROPPED_REQUEST_VARS = new Set([
   'HTTP_CONNECTION', 'HTTP_KEEP_ALIVE', 'HTTP_PROXY_CONNECTION', 'HTTP_TE', 'HTTP_UPGRADE',
   'HTTP_TRAILER', 'HTTP_EXPECT', 'HTTP_TRANSFER_ENCODING', 'HTTP_X_FORWARDED_PROTO',
 ]);
+// Of those, the ones an upgrade request (flag 0x04) keeps: they ask the app
+// to switch protocols.
+const UPGRADE_REQUEST_VARS = new Set(['HTTP_CONNECTION', 'HTTP_UPGRADE']);
 // Response headers that belong to the hop from the app server to us.
 const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding']);
 const HEADER_VAR_RE = /^HTTP_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*$/;
@@ -540,9 +557,11 @@ function addHeader(headers, name, value) {
 /**
  * The REQUEST's environment -> what http.request() and the server end of
  * the in-memory connection need. Throws (with a message for the client) on
- * an unusable request.
+ * an unusable request. With FLAG_UPGRADE, `Upgrade` and `Connection` are
+ * the client's; otherwise they are dropped and `Connection` is `close`.
  */
 function buildRequest(flags, env) {
+  const upgrade = (flags & FLAG_UPGRADE) !== 0;
   const cgi = Object.create(null);
   const headers = Object.create(null);
   let forwardedFor = null;
@@ -552,7 +571,7 @@ function buildRequest(flags, env) {
     const name = env[i][0];
     const value = env[i][1];
     if (name.charCodeAt(0) === 72 /* H */ && name.startsWith('HTTP_')) {
-      if (DROPPED_REQUEST_VARS.has(name)) continue;
+      if (DROPPED_REQUEST_VARS.has(name) && !(upgrade && UPGRADE_REQUEST_VARS.has(name))) continue;
       if (name === 'HTTP_X_FORWARDED_FOR') {
         forwardedFor = forwardedFor === null ? value : `${forwardedFor}, ${value}`;
         continue;
@@ -600,7 +619,7 @@ function buildRequest(flags, env) {
   if (remote) forwardedFor = forwardedFor === null ? remote : `${forwardedFor}, ${remote}`;
   if (forwardedFor !== null) headers['X-Forwarded-For'] = forwardedFor;
   headers['X-Forwarded-Proto'] = https ? 'https' : 'http';
-  headers.Connection = 'close';
+  if (!upgrade) headers.Connection = 'close';
   return {
     method,
     target,
@@ -655,15 +674,24 @@ class Exchange {
     this.serverSide = null;
     this.response = null;
     this.answered = false; // RESPONSE sent
-    this.finished = false; // END or ERROR sent (or the request was given up)
-    this.paused = false;
+    this.finished = false; // END or ERROR sent, the tunnel is over, or the request was given up
+    this.tunnel = null; // for a REQUEST with FLAG_UPGRADE: the Tunnel it may become
   }
 
   /** Build the in-memory request and hand its connection to the app server. */
   start(flags, env) {
+    let switchable = false;
+    if (flags & FLAG_UPGRADE) {
+      this.tunnel = new Tunnel(this);
+      // Only an app server with 'upgrade' listeners can switch protocols.
+      // For any other, the request loses Upgrade and Connection, so that
+      // Node gives it to the request handler, which answers as usual.
+      switchable = state.appServer.listenerCount('upgrade') > 0;
+      if (!switchable) flags &= ~FLAG_UPGRADE;
+    }
     const spec = buildRequest(flags, env);
     this.contentLength = spec.contentLength;
-    const [clientSide, serverSide] = MemorySocket.pair();
+    const [clientSide, serverSide] = MemorySocket.pair(switchable);
     serverSide.remoteAddress = spec.remoteAddress;
     serverSide.remotePort = spec.remotePort;
     serverSide.remoteFamily = spec.remoteAddress.includes(':') ? 'IPv6' : 'IPv4';
@@ -683,7 +711,16 @@ class Exchange {
     this.clientSide = clientSide;
     this.serverSide = serverSide;
     client.on('response', (res) => this.guard(() => this.onResponse(res)));
+    // Without a listener, Node's http client destroys the connection on a 101
+    // and reports nothing: the agent would wait forever.
+    client.on('upgrade', (res, socket, head) => this.guard(() => this.onUpgrade(res, socket, head)));
     client.on('error', (err) => this.guard(() => this.onClientError(err)));
+    // Node's http client can also give up in silence: it takes any answer
+    // to CONNECT for a switch of protocols, and destroys the connection
+    // when nobody listens for 'connect'.
+    client.on('close', () => this.guard(() => {
+      if (!this.answered) this.fail(ERROR_BAD_GATEWAY, 'the application closed the connection without a response');
+    }));
     client.on('drain', () => this.guard(() => {
       this.waitDrain = false;
       this.maybePull();
@@ -718,9 +755,12 @@ class Exchange {
 
   // -- the request body --------------------------------------------------
 
-  /** A BODY, END or MORE frame of this request. */
+  /** A BODY, END or MORE frame of this request (of its tunnel, for an
+   *  upgrade request). */
   onFrame(type, payload) {
-    if (this.prefixOpen) {
+    if (this.tunnel !== null) {
+      this.tunnel.onFrame(type, payload);
+    } else if (this.prefixOpen) {
       if (type === T.BODY) {
         this.prefixSize += payload.length;
         if (this.prefixSize > MAX_BODY_PREFIX) {
@@ -791,27 +831,37 @@ class Exchange {
       res.resume();
       return;
     }
+    if (this.tunnel !== null) this.tunnel.decline();
     res.on('error', () => {}); // reported through 'close' below
     this.conn.send(encodeResponse(this.rid, res.statusCode, res.statusMessage, res.rawHeaders,
       DROPPED_RESPONSE_HEADERS));
     this.answered = true;
-    res.on('data', (chunk) => this.guard(() => this.onData(chunk)));
+    res.on('data', (chunk) => this.guard(() => {
+      if (!this.finished) this.conn.relayBody(this.rid, chunk, res);
+    }));
     res.on('end', () => this.guard(() => this.finish()));
     res.on('close', () => this.guard(() => {
       if (!this.finished) this.fail(ERROR_BAD_GATEWAY, 'the application closed the connection in the middle of the response');
     }));
   }
 
-  onData(chunk) {
-    if (this.finished || this.conn.closed) return;
-    if (!this.conn.sendBody(this.rid, chunk) && !this.paused) {
-      this.paused = true;
-      this.response.pause();
-      this.conn.onDrain(() => {
-        this.paused = false;
-        if (!this.finished) this.response.resume();
-      });
+  /** The app switched protocols: its 'upgrade' handler wrote a 101 on the
+   *  in-memory connection, which is now `socket`'s alone. */
+  onUpgrade(res, socket, head) {
+    if (this.finished) {
+      socket.destroy();
+      return;
     }
+    if (this.tunnel === null) {
+      socket.destroy();
+      this.fail(ERROR_BAD_GATEWAY, `the application answered ${res.statusCode} (switching `
+        + 'protocols) to a request that did not ask to upgrade');
+      return;
+    }
+    // Hop-by-hop headers stay: they are the point of a 101.
+    this.conn.send(encodeResponse(this.rid, res.statusCode, res.statusMessage, res.rawHeaders, null));
+    this.answered = true;
+    this.tunnel.open(socket, head);
   }
 
   onClientError(err) {
@@ -831,6 +881,8 @@ class Exchange {
     this.finished = true;
     this.conn.send(frameHeader(T.END, this.rid, 0));
     this.conn.flush();
+    // An upgrade request did not ask the app server to close the connection.
+    if (this.tunnel !== null) this.teardown();
     this.conn.maybeIdle();
   }
 
@@ -847,10 +899,168 @@ class Exchange {
     this.conn.maybeIdle();
   }
 
-  /** Drop the in-memory connection: the app sees its request aborted. */
+  /** Drop the in-memory connection: the app sees its request aborted (a
+   *  tunnel lets go of it as Tunnel.release() says). */
   teardown() {
     this.finished = true;
-    if (this.clientSide !== null && !this.clientSide.destroyed) this.clientSide.destroy();
+    if (this.switched) this.tunnel.release();
+    else if (this.clientSide !== null && !this.clientSide.destroyed) this.clientSide.destroy();
+  }
+
+  /** The app switched protocols: the request became a tunnel. */
+  get switched() {
+    return this.tunnel !== null && this.tunnel.socket !== null;
+  }
+
+  /** Whether the agent connection can carry another request after this
+   *  one: not after a tunnel, nor when the agent had started one. */
+  get reusable() {
+    return this.tunnel === null || (!this.switched && !this.tunnel.heardFromAgent);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// An upgraded connection: a tunnel between the agent and the app's socket
+// ---------------------------------------------------------------------------
+
+// How many bytes of the new protocol are held while the app has not
+// switched protocols yet; past that, frames are not read until it has
+// answered.
+const MAX_HELD_TUNNEL_BYTES = 64 * 1024;
+
+/**
+ * The tunnel of an upgrade request (docs/protocol.md, "Upgraded
+ * connections"). It exists from the REQUEST on, because the agent may send
+ * the new protocol's first bytes before it has read the 101: they are held
+ * until the app switches protocols, and dropped if it answers with an
+ * ordinary response instead.
+ *
+ * Once the app has switched (open()), bytes flow both ways, unasked: a BODY
+ * from the agent is written to our end of the in-memory connection, whose
+ * other end the app's 'upgrade' handler holds, and what the app writes comes
+ * back as BODY frames. END is a half close in each direction. Each direction
+ * has its own back-pressure: while the app's socket is full, no frame is
+ * read from the agent; while the agent connection is full, our end of the
+ * socket is paused. When both sides have ended, or the app has closed its
+ * socket, or anything fails, the agent connection is closed: it never
+ * carries another request.
+ */
+class Tunnel {
+  constructor(exchange) {
+    this.exchange = exchange;
+    this.conn = exchange.conn;
+    this.rid = exchange.rid;
+    this.socket = null; // our end of the in-memory connection, once the app has switched
+    this.held = []; // BODY payloads from the agent before that
+    this.heldBytes = 0;
+    this.declined = false; // the app answered with an ordinary response
+    this.heardFromAgent = false; // a BODY or END came: the agent started the tunnel
+    this.agentEnded = false; // END received
+    this.appEnded = false; // END sent
+    this.appGone = false; // the app's end of the socket is closed: nothing reads it
+    this.appFull = false; // the app's socket is full: no frame is read until it drains
+  }
+
+  /** A BODY or END frame from the agent. */
+  onFrame(type, payload) {
+    if (type === T.MORE || this.agentEnded) {
+      throw new ProtocolError(`unexpected ${TYPE_NAMES[type]} in the upgraded connection of `
+        + `request ${this.rid}`, this.rid, 'unexpected');
+    }
+    this.heardFromAgent = true;
+    if (type === T.END) {
+      this.agentEnded = true;
+      if (this.socket !== null) {
+        this.socket.end();
+        this.maybeClose();
+      }
+      return;
+    }
+    if (payload.length === 0 || payload.length > MAX_BODY_CHUNK) {
+      throw new ProtocolError(`BODY of ${payload.length} bytes in an upgraded connection`, this.rid);
+    }
+    if (this.socket !== null) {
+      this.toApp(payload);
+    } else if (!this.declined) {
+      this.held.push(payload);
+      this.heldBytes += payload.length;
+      if (this.heldBytes >= MAX_HELD_TUNNEL_BYTES) this.conn.pauseReading();
+    }
+  }
+
+  /** The app answered with an ordinary response: what the agent sent for
+   *  the tunnel has no reader. */
+  decline() {
+    this.declined = true;
+    this.held = [];
+    this.heldBytes = 0;
+    this.conn.resumeReading();
+  }
+
+  /** The app switched protocols: `socket` is our end of its connection,
+   *  `head` what the app wrote right after the 101. */
+  open(socket, head) {
+    this.socket = socket;
+    if (head.length) this.conn.relayBody(this.rid, head, socket);
+    const guard = (fn) => this.exchange.guard(fn);
+    socket.on('data', (chunk) => guard(() => this.conn.relayBody(this.rid, chunk, socket)));
+    socket.on('end', () => guard(() => this.onAppEnd()));
+    socket.on('error', (err) => guard(() => this.exchange.fail(ERROR_BAD_GATEWAY,
+      `the upgraded connection failed: ${err.message}`)));
+    const appSide = this.exchange.serverSide;
+    if (appSide.destroyed) this.appGone = true;
+    else appSide.once('close', () => guard(() => this.onAppGone()));
+    for (const data of this.held) this.toApp(data);
+    this.held = [];
+    this.heldBytes = 0;
+    if (this.agentEnded) socket.end();
+    if (!this.appFull) this.conn.resumeReading();
+    // A process that is exiting does not wait for tunnels: they may never end.
+    if (state.stopping && state.exitWhenDrained) this.conn.end();
+  }
+
+  /** Write `data` from the agent to the app's socket; while it is full,
+   *  no frame is read. */
+  toApp(data) {
+    if (this.appGone || this.exchange.serverSide.destroyed) return;
+    if (this.socket.write(data) || this.appFull) return;
+    this.appFull = true;
+    this.conn.pauseReading();
+    this.socket.once('drain', () => {
+      this.appFull = false;
+      this.conn.resumeReading();
+    });
+  }
+
+  /** The app ended its side (socket.end(), or closed the socket). */
+  onAppEnd() {
+    this.appEnded = true;
+    this.conn.send(frameHeader(T.END, this.rid, 0));
+    this.conn.flush();
+    this.maybeClose();
+  }
+
+  onAppGone() {
+    this.appGone = true;
+    this.maybeClose();
+  }
+
+  /** The tunnel is over when the app has ended and the agent has too, or
+   *  nothing reads what the agent would still send. */
+  maybeClose() {
+    const ex = this.exchange;
+    if (ex.finished || !this.appEnded || !(this.agentEnded || this.appGone)) return;
+    ex.finished = true;
+    this.conn.maybeIdle();
+  }
+
+  /** Let go of the in-memory connection when the exchange is over. After
+   *  both sides ended, the app reads what is left and its socket closes by
+   *  itself; otherwise both ends are closed now. */
+  release() {
+    if (this.appEnded && this.agentEnded) return;
+    this.socket.destroy();
+    this.exchange.serverSide.destroy();
   }
 }
 
@@ -861,7 +1071,9 @@ class Exchange {
 /**
  * Frames are parsed in place from each chunk read; a frame split across
  * chunks is gathered in this connection's buffer (reused), or, for a BODY,
- * in a buffer of its own that is handed on as is.
+ * in a buffer of its own that is handed on as is. A tunnel can stop the
+ * parsing between two frames (pauseReading()); the rest of the chunk then
+ * waits in `unparsed`.
  */
 class AgentConnection {
   constructor(sock) {
@@ -875,6 +1087,8 @@ class AgentConnection {
     this.buf = Buffer.allocUnsafe(16 * 1024); // reused for split non-BODY frames
     this.payload = null;
     this.payloadHave = 0;
+    this.readPaused = false; // no frame is parsed until resumeReading()
+    this.unparsed = null; // what was read but not parsed while paused
     this.corked = false;
     this.drainWaiters = [];
     this.uncork = () => this.flush();
@@ -930,6 +1144,14 @@ class AgentConnection {
     this.drainWaiters.push(fn);
   }
 
+  /** `data` read from `source` (a readable stream) as BODY frames; while
+   *  the agent reads slower than `source` produces, `source` is paused. */
+  relayBody(rid, data, source) {
+    if (this.closed || this.sendBody(rid, data) || source.isPaused()) return;
+    source.pause();
+    this.onDrain(() => source.resume());
+  }
+
   // -- receiving ---------------------------------------------------------
 
   onData(chunk) {
@@ -937,6 +1159,10 @@ class AgentConnection {
     let off = 0;
     try {
       while (off < n && !this.closed) {
+        if (this.readPaused) {
+          this.unparsed = chunk.subarray(off);
+          return;
+        }
         if (this.frame !== null) {
           // Gathering the payload of a split frame.
           const [type, rid, length] = this.frame;
@@ -981,6 +1207,22 @@ class AgentConnection {
     } catch (e) {
       this.onError(e);
     }
+  }
+
+  /** Stop reading frames (a tunnel's app socket is full). */
+  pauseReading() {
+    if (this.readPaused) return;
+    this.readPaused = true;
+    this.sock.pause();
+  }
+
+  resumeReading() {
+    if (!this.readPaused || this.closed) return;
+    this.readPaused = false;
+    const rest = this.unparsed;
+    this.unparsed = null;
+    if (rest !== null) this.onData(rest);
+    if (!this.readPaused && !this.closed) this.sock.resume();
   }
 
   startFrame(type, rid, length) {
@@ -1069,6 +1311,10 @@ class AgentConnection {
   maybeIdle() {
     const ex = this.cur;
     if (ex === null || !ex.finished || ex.prefixOpen || ex.pulling) return;
+    if (!ex.reusable) {
+      this.end();
+      return;
+    }
     this.cur = null;
     state.inflight--;
     if (state.stopping) this.end();
@@ -1129,12 +1375,18 @@ class AgentConnection {
     }
   }
 
-  /** Close after what was queued has been written. */
+  /** Close after what was queued has been written. What the agent still
+   *  sends is read and ignored, so that its end of file is seen. */
   end() {
     if (this.closed) return;
     this.closed = true;
     this.abortRequest();
     this.sock.end();
+    if (this.readPaused) {
+      this.readPaused = false;
+      this.unparsed = null;
+      this.sock.resume();
+    }
     this.forget();
   }
 
@@ -1342,12 +1594,15 @@ function watchParent() {
 
 /**
  * Stop: accept no more connections, close the idle ones, let the requests
- * in progress finish, then close their connections. With `exit`, the
- * process exits once all of that is done — unless the app has its own
- * handler for the signal, which then decides when to exit.
+ * in progress finish, then close their connections. With `exit`, tunnels
+ * are closed at once and the process exits once all of that is done —
+ * unless the app has its own handler for the signal, which then decides
+ * when to exit (and when its WebSockets close).
  */
 function stop(why, exit) {
-  if (state.stopping) return;
+  // Stopping again only matters when the process now has to exit (a signal
+  // after the app closed its server).
+  if (state.stopping && (state.exitWhenDrained || !exit)) return;
   state.stopping = true;
   state.exitWhenDrained = exit;
   log(`${why}: finishing ${state.inflight} request(s) in progress, then stopping`);
@@ -1359,7 +1614,11 @@ function stop(why, exit) {
     }
   }
   for (const conn of [...state.connections]) {
-    if (conn.cur === null && !conn.oob) conn.end();
+    // Tunnels may never end by themselves: an exiting process closes them,
+    // as Node would if it were killed.
+    if ((conn.cur === null && !conn.oob) || (exit && conn.cur !== null && conn.cur.switched)) {
+      conn.end();
+    }
   }
   checkDrained();
 }

@@ -20,8 +20,8 @@
 # riding along) forks a worker that serves like a direct-mode process.
 #
 # Only Ruby's standard library is used; Rack 2 and Rack 3 both work. See
-# docs/rack.md for the env we build, the PhusionPassenger API, out-of-band
-# work, smart spawning and Bundler.
+# docs/rack.md for the env we build, rack.hijack (WebSockets), the
+# PhusionPassenger API, out-of-band work, smart spawning and Bundler.
 
 require 'socket'
 require 'io/nonblock'
@@ -227,10 +227,13 @@ module PassengerRackLoader
 
   FLAG_HAS_BODY = 0x01
   FLAG_HTTPS = 0x02
+  FLAG_UPGRADE = 0x04 # never together with FLAG_HAS_BODY
+  KNOWN_FLAGS = FLAG_HAS_BODY | FLAG_HTTPS | FLAG_UPGRADE
 
   ERROR_UNSUPPORTED_VERSION = 1
   ERROR_PROTOCOL = 400
   ERROR_APPLICATION = 500
+  ERROR_BAD_GATEWAY = 502
 
   FRAME = 'nCCNN' # magic, version, type, request id, payload length
   MAGIC = 0x4D50
@@ -299,6 +302,10 @@ module PassengerRackLoader
     attr_accessor :failed
     # Per request: the RESPONSE was sent / the response was ended.
     attr_accessor :head_sent, :ended
+    # The request id of the last request when it was an upgrade answered
+    # without a tunnel, else nil: tunnel bytes the agent sent ahead for it
+    # may follow, which nobody reads.
+    attr_accessor :declined_upgrade
 
     EMPTY = ''.b.freeze
 
@@ -313,6 +320,7 @@ module PassengerRackLoader
       @failed = nil
       @head_sent = false
       @ended = false
+      @declined_upgrade = nil
     end
 
     # The type of the next frame, or nil at a clean end of file. Raises
@@ -432,16 +440,20 @@ module PassengerRackLoader
         end
         raise ProtocolError.new("frame for request #{@rid} during request #{rid}", rid) if @rid != rid
 
-        if type == T_ERROR
-          code, message = begin
-            PassengerRackLoader.decode_error(payload)
-          rescue ProtocolError => e
-            [0, "malformed ERROR (#{e.message})"]
-          end
-          raise PeerAborted, "ERROR #{code}: #{message}"
-        end
+        raise PeerAborted, error_text if type == T_ERROR
+
         return type
       end
+    end
+
+    # What the agent said in the ERROR frame just read: "ERROR code: message".
+    def error_text
+      code, message = begin
+        PassengerRackLoader.decode_error(payload)
+      rescue ProtocolError => e
+        [0, "malformed ERROR (#{e.message})"]
+      end
+      "ERROR #{code}: #{message}"
     end
 
     # The REQUEST payload into +env+ (which holds +base+); returns the flags.
@@ -455,7 +467,10 @@ module PassengerRackLoader
       raise ProtocolError.new('empty REQUEST payload', @rid) if @plen < 1
 
       flags = b.getbyte(off)
-      raise ProtocolError.new(format('unknown REQUEST flags 0x%02x', flags), @rid) if flags & ~3 != 0
+      raise ProtocolError.new(format('unknown REQUEST flags 0x%02x', flags), @rid) if flags & ~KNOWN_FLAGS != 0
+      if flags & FLAG_UPGRADE != 0 && flags & FLAG_HAS_BODY != 0
+        raise ProtocolError.new('an upgrade REQUEST cannot have a body (flags 0x04 and 0x01)', @rid)
+      end
 
       off = skip_pairs(b, off + 1, stop)
       raise ProtocolError.new('truncated REQUEST payload', @rid) if off + 4 > stop
@@ -817,12 +832,7 @@ module PassengerRackLoader
 
       data = data.to_s
       n = data.bytesize
-      if n.positive?
-        parts = []
-        out = PassengerRackLoader.add_body(parts, String.new(EMPTY_BIN), @rid4, data)
-        parts << out unless out.empty?
-        @conn.write_parts(parts)
-      end
+      PassengerRackLoader.write_body(@conn, @rid4, data) if n.positive?
       n
     end
 
@@ -897,6 +907,14 @@ module PassengerRackLoader
     out
   end
 
+  # Writes +data+ (not empty) as BODY frames, with one writev.
+  def self.write_body(conn, rid4, data)
+    parts = []
+    out = add_body(parts, String.new(EMPTY_BIN), rid4, data)
+    parts << out unless out.empty?
+    conn.write_parts(parts)
+  end
+
   # -- The response --------------------------------------------------------
 
   REASONS = {
@@ -925,12 +943,17 @@ module PassengerRackLoader
   @status_cache = {}
   @name_cache = {}
 
+  # A Rack status as an Integer, read as Rack::Lint reads it.
+  def self.status_code(status)
+    status.is_a?(Integer) ? status : status.to_s.to_i
+  end
+
   # u16 status + bytes reason, for RESPONSE.
   def self.status_bytes(status)
     cached = @status_cache[status]
     return cached if cached
 
-    code = status.is_a?(Integer) ? status : status.to_s.to_i # Rack::Lint's reading of a status
+    code = status_code(status)
     raise ArgumentError, "invalid response status #{status.inspect}" unless code.between?(100, 999)
 
     reason = (defined?(::Rack::Utils::HTTP_STATUS_CODES) && ::Rack::Utils::HTTP_STATUS_CODES[code]) ||
@@ -961,8 +984,13 @@ module PassengerRackLoader
 
   # A RESPONSE frame (a new binary String, to append body frames to). Rack 2
   # header values with "\n" become repeated headers; Rack 3 array values too.
-  def self.encode_head(rid4, status, headers)
-    sb = @status_cache[status] || status_bytes(status)
+  # +reason+ (with an Integer status) replaces the standard reason phrase.
+  def self.encode_head(rid4, status, headers, reason = nil)
+    sb = if reason
+           [status, reason.bytesize, reason].pack('nNa*')
+         else
+           @status_cache[status] || status_bytes(status)
+         end
     pairs = String.new(EMPTY_BIN)
     count = 0
     names = @name_cache
@@ -1002,6 +1030,428 @@ module PassengerRackLoader
         n += 1
       end
       n
+    end
+  end
+
+  # -- Upgraded connections: rack.hijack -------------------------------------
+  #
+  # Only a REQUEST with flag 0x04 (an HTTP/1.1 Upgrade, e.g. a WebSocket) can
+  # be hijacked; docs/protocol.md, "Upgraded connections", is the contract.
+  # The app never touches the frame connection: it gets one end of a Unix
+  # socketpair, as if it were the client's socket, and the loader relays
+  # between the other end and the frame connection.
+
+  MAX_HIJACK_HEAD = 64 * 1024
+  HIJACK_HEAD_TIMEOUT = 30 # seconds from the full hijack to the end of the app's response head
+  MAX_CHUNK_LINE = 4096 # a chunk-size or trailer line of a relayed chunked body
+  HEAD_END = /\r?\n\r?\n/.freeze
+  STATUS_LINE = %r{\AHTTP/1\.[01] (\d{3})(?: ([^\r\0]*))?\z}.freeze
+  # Headers about the app's own connection to us, never relayed (except in a
+  # 101, where they describe the switch).
+  HOP_BY_HOP = %w[connection keep-alive proxy-connection te trailer transfer-encoding upgrade].freeze
+
+  # What the app wrote on a hijacked connection is not a usable response.
+  class HijackError < StandardError; end
+
+  # The status, reason phrase and headers ([[name, value], ...]) of a raw
+  # HTTP/1.x response head, its blank line included.
+  def self.parse_head(head)
+    lines = head.split(/\r?\n/)
+    status_line = lines.shift.to_s
+    match = STATUS_LINE.match(status_line)
+    raise HijackError, "invalid status line #{status_line.inspect}" unless match
+
+    status = match[1].to_i
+    raise HijackError, "status #{status} is not a final response (nor 101)" if status < 200 && status != 101
+
+    headers = lines.map do |line|
+      name, value = line.split(':', 2)
+      unless value && TOKEN.match?(name) && !BAD_VALUE.match?(value)
+        raise HijackError, "invalid header line #{line.inspect}"
+      end
+
+      [name, value.strip]
+    end
+    [status, match[2] || '', headers]
+  end
+
+  # How the body of a relayed response (any status but 101) ends, and the
+  # headers to send: [framing, headers]. framing is a byte count (0: no
+  # body), :chunked or :eof (the body ends when the app closes). Hop-by-hop
+  # headers, and those that Connection names, are dropped; so is
+  # Content-Length next to Transfer-Encoding.
+  def self.relayed_framing(status, headers, head_request)
+    named = {}
+    transfer = nil
+    lengths = []
+    headers.each do |name, value|
+      case name.downcase
+      when 'connection' then value.split(',').each { |token| named[token.strip.downcase] = true }
+      when 'transfer-encoding' then transfer = value
+      when 'content-length' then lengths << value
+      end
+    end
+    kept = headers.reject do |name, _|
+      key = name.downcase
+      HOP_BY_HOP.include?(key) || named[key] || (transfer && key == 'content-length')
+    end
+    framing = if head_request || status == 204 || status == 304 then 0
+              elsif transfer then transfer.split(',').last.to_s.strip.casecmp?('chunked') ? :chunked : :eof
+              elsif lengths.empty? then :eof
+              else content_length(lengths)
+              end
+    [framing, kept]
+  end
+
+  def self.content_length(values)
+    values = values.flat_map { |value| value.split(',').map(&:strip) }.uniq
+    unless values.size == 1 && /\A\d{1,15}\z/.match?(values[0])
+      raise HijackError, "invalid Content-Length #{values.join(', ').inspect}"
+    end
+
+    values[0].to_i
+  end
+
+  # The loader's end of a hijacked connection: what the app writes, read
+  # through one buffer, so that its response head, chunk sizes and body can
+  # be taken apart without reading past any of them.
+  class AppStream
+    def initialize(io)
+      @io = io
+      @buf = String.new(encoding: BINARY)
+    end
+
+    # The response head, up to and including its blank line, read before
+    # +deadline+ (CLOCK_MONOTONIC).
+    def read_head(deadline)
+      while true
+        if (match = HEAD_END.match(@buf))
+          raise HijackError, 'the response head exceeds 64 KiB' if match.end(0) > MAX_HIJACK_HEAD
+
+          return take(match.end(0))
+        end
+        raise HijackError, 'the response head exceeds 64 KiB' if @buf.bytesize > MAX_HIJACK_HEAD
+
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        unless left.positive? && IO.select([@io], nil, nil, left)
+          raise HijackError, "no complete response head within #{HIJACK_HEAD_TIMEOUT} s"
+        end
+        next if fill
+
+        raise HijackError, @buf.empty? ? 'the application closed the connection without writing a response head' :
+                                         'the connection was closed in the middle of the response head'
+      end
+    end
+
+    # A line without its line break; nil at the end of the stream.
+    def read_line(limit)
+      while true
+        if (i = @buf.index("\n"))
+          raise HijackError, "a line of more than #{limit} bytes" if i > limit
+
+          return take(i + 1).chomp
+        end
+        raise HijackError, "a line of more than #{limit} bytes" if @buf.bytesize > limit
+        return nil unless fill
+      end
+    end
+
+    # 1 to +max+ bytes; nil at the end of the stream.
+    def read_some(max)
+      return take(@buf.bytesize < max ? @buf.bytesize : max) unless @buf.empty?
+
+      @io.readpartial(max)
+    rescue EOFError, Errno::ECONNRESET
+      nil
+    end
+
+    private
+
+    # Reads more into the buffer: false at the end of the stream.
+    def fill
+      @buf << @io.readpartial(RECV_SIZE)
+      true
+    rescue EOFError, Errno::ECONNRESET
+      false
+    end
+
+    def take(count)
+      data = @buf.byteslice(0, count)
+      @buf = @buf.byteslice(count, @buf.bytesize - count)
+      data
+    end
+  end
+
+  # env['rack.hijack'] of one upgrade request, and the relay that follows.
+  #
+  # The app gets one end of a Unix socketpair: from call (a full hijack), or
+  # as the argument of the callable in its response's 'rack.hijack' header
+  # (a partial hijack). A relay thread writes the RESPONSE: the head the app
+  # wrote on the socket, or the status and headers of its Rack response.
+  # A 101 opens the tunnel: the relay thread goes on turning the app's bytes
+  # into BODY frames (END at the app's EOF) while a second thread writes the
+  # agent's BODY frames to the app (its END becomes shutdown(SHUT_WR)). Any
+  # other status is an ordinary response whose body is relayed to its end;
+  # the connection then carries the next request.
+  #
+  # Threads: from the hijack on, the relay thread is the only writer of the
+  # frame connection and the downstream thread its only reader; the serving
+  # thread only waits. abort! shuts both sockets down, which wakes every
+  # blocked read and write, so that every way out is prompt.
+  class Hijack
+    def initialize(conn, rid, rid4, env, rack2)
+      @conn = conn
+      @rid = rid
+      @rid4 = rid4
+      @env = env
+      @rack2 = rack2
+      @what = "#{env['REQUEST_METHOD']} #{env['SCRIPT_NAME']}#{env['PATH_INFO']}"
+      @head_request = env['REQUEST_METHOD'] == 'HEAD'
+      @app_io = nil # the app's end of the socketpair, once hijacked
+      @io = nil # the loader's end
+      @relay = nil # writes the RESPONSE, then the app-to-agent direction
+      @down = nil # the agent-to-app direction of a tunnel
+      # :tunnel when a 101 went out, :done when the relay thread is over; a
+      # Queue because the serving thread blocks on it.
+      @outcome = Queue.new
+      # Both directions can fail at the same moment: the Mutex makes the
+      # first failure the one that is logged and acted on.
+      @abort_lock = Mutex.new
+      @aborted = false
+      @closed = false # the request is over: too late to hijack
+    end
+
+    # rack.hijack: a full hijack. The app's end of the connection (the same
+    # one when called again).
+    def call
+      return @app_io if @app_io
+      raise IOError, 'rack.hijack called after the request was over' if @closed
+
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + HIJACK_HEAD_TIMEOUT
+      app_io = open_pair
+      start_relay { relay_raw_response(deadline) }
+      @env['rack.hijack_io'] = app_io if @rack2
+      @app_io = app_io
+    end
+
+    # Whether the app has its end (and so the relay thread runs).
+    def hijacked? = !@app_io.nil?
+
+    # A partial hijack: RESPONSE from +status+ and +headers+ (rack.* headers
+    # are never sent), written by the serving thread before the relay thread
+    # takes the connection over; then +callback+ gets the app's end. What the
+    # app writes there is the tunnel (101) or the body, up to its close.
+    def partial(status, headers, callback)
+      code = PassengerRackLoader.status_code(status)
+      @conn.write(PassengerRackLoader.encode_head(@rid4, status, headers))
+      @conn.head_sent = true
+      framing = @head_request || code == 204 || code == 304 ? 0 : :eof
+      app_io = open_pair
+      start_relay { code == 101 ? tunnel(AppStream.new(@io)) : relay_body(AppStream.new(@io), framing) }
+      @app_io = app_io
+      begin
+        callback.call(app_io)
+      rescue Exception # rubocop:disable Lint/RescueException
+        abort!(nil) # the caller logs the exception
+        raise
+      end
+    end
+
+    # Blocks until the RESPONSE went out: true if it opened a tunnel; false
+    # if the response is over (the connection goes on unless it failed).
+    def await_response
+      return true if @outcome.pop == :tunnel
+
+      @relay.join
+      false
+    end
+
+    # Blocks until both directions of the tunnel are done.
+    def wait
+      @relay.join
+      @down&.join
+    end
+
+    # Ends whatever still runs and closes the loader's end.
+    def close
+      @closed = true
+      abort!(nil) if @relay&.alive? || @down&.alive?
+      @relay&.join
+      @down&.join
+      @io&.close
+    rescue IOError, SystemCallError
+      nil
+    end
+
+    # Ends the relay at once: both sockets are shut down, so the app reads
+    # EOF, the agent sees the connection close and no thread stays blocked.
+    # +reason+ is logged (nil: a side closed, nothing to report); the
+    # connection is marked failed, it carries no other request.
+    def abort!(reason)
+      @abort_lock.synchronize do
+        return if @aborted
+
+        @aborted = true
+      end
+      PassengerRackLoader.log("#{@what}: #{reason}") if reason
+      @conn.failed ||= IOError.new(reason || 'the upgraded connection was closed')
+      [@io, @conn.io].each do |io|
+        io&.shutdown(Socket::SHUT_RDWR)
+      rescue IOError, SystemCallError
+        nil
+      end
+    end
+
+    private
+
+    # The app's end of a new socketpair; the loader's is @io.
+    def open_pair
+      app_io, @io = UNIXSocket.pair(:STREAM)
+      app_io.binmode
+      @io.binmode
+      app_io
+    end
+
+    def start_relay(&block)
+      @relay = relay_thread do
+        block.call
+      ensure
+        @outcome << :done
+      end
+    end
+
+    # The relay's threads never raise: a failure here is a bug, logged, and
+    # it ends the connection.
+    def relay_thread
+      Thread.new do
+        yield
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        PassengerRackLoader.log_exception("#{@what}: relaying the hijacked connection failed", e)
+        abort!(nil)
+      end
+    end
+
+    # A full hijack: the head the app writes decides what follows.
+    def relay_raw_response(deadline)
+      stream = AppStream.new(@io)
+      begin
+        status, reason, headers = PassengerRackLoader.parse_head(stream.read_head(deadline))
+        framing, headers = PassengerRackLoader.relayed_framing(status, headers, @head_request) unless status == 101
+      rescue HijackError => e
+        fail_relay("the application hijacked the connection but wrote no valid response head: #{e.message}")
+        return
+      end
+      @conn.write(PassengerRackLoader.encode_head(@rid4, status, headers, reason))
+      status == 101 ? tunnel(stream) : relay_body(stream, framing)
+    rescue IOError, SystemCallError
+      nil # the agent went away: conn.failed is set
+    end
+
+    # The body of an ordinary response, from the app's socket, then END.
+    def relay_body(stream, framing)
+      case framing
+      when Integer then copy(stream, framing)
+      when :chunked then copy_chunked(stream)
+      else copy_to_eof(stream)
+      end
+      @conn.write(PassengerRackLoader.end_frame(@rid4))
+    rescue HijackError => e
+      fail_relay("the response body on the hijacked connection was cut short: #{e.message}")
+    rescue IOError, SystemCallError
+      nil # the agent went away (conn.failed is set), or abort! shut the socket down
+    end
+
+    # ERROR 502: in place of the RESPONSE, or cutting a relayed body short.
+    def fail_relay(message)
+      return if @aborted
+
+      PassengerRackLoader.log("#{@what}: #{message}")
+      @conn.write(PassengerRackLoader.error_frame(ERROR_BAD_GATEWAY, message, @rid))
+    rescue IOError, SystemCallError
+      nil # conn.failed is set: the connection is dropped
+    end
+
+    def copy_to_eof(stream)
+      while (data = stream.read_some(MAX_CHUNK))
+        PassengerRackLoader.write_body(@conn, @rid4, data)
+      end
+    end
+
+    def copy(stream, count)
+      while count.positive?
+        data = stream.read_some(count < MAX_CHUNK ? count : MAX_CHUNK)
+        raise HijackError, "the stream ended #{count} bytes before the end of the body" unless data
+
+        PassengerRackLoader.write_body(@conn, @rid4, data)
+        count -= data.bytesize
+      end
+    end
+
+    # A chunked body, de-chunked; trailers are read and dropped.
+    def copy_chunked(stream)
+      while true
+        line = stream.read_line(MAX_CHUNK_LINE)
+        raise HijackError, 'the stream ended before the last chunk' if line.nil?
+
+        size = line[/\A[^;]*/].strip
+        raise HijackError, "invalid chunk size line #{line.inspect}" unless /\A\h{1,15}\z/.match?(size)
+        break if (size = size.to_i(16)).zero?
+
+        copy(stream, size)
+        raise HijackError, 'a chunk is not followed by a line break' unless stream.read_line(2) == ''
+      end
+      while (line = stream.read_line(MAX_CHUNK_LINE))
+        break if line.empty?
+      end
+    end
+
+    # The tunnel, once the 101 went out.
+    def tunnel(stream)
+      @down = relay_thread { pump_down }
+      @outcome << :tunnel
+      pump_up(stream)
+    end
+
+    # App to agent: the app's bytes as BODY frames, END at its EOF.
+    def pump_up(stream)
+      copy_to_eof(stream)
+      @conn.write(PassengerRackLoader.end_frame(@rid4)) unless @aborted
+    rescue IOError, SystemCallError
+      abort!(nil) # the agent went away
+    end
+
+    # Agent to app: BODY frames to the app's socket until END, which becomes
+    # shutdown(SHUT_WR); ERROR, the agent closing or the app closing its end
+    # end the tunnel at once. Nothing but BODY, END or ERROR is expected.
+    def pump_down
+      conn = @conn
+      while true
+        type = conn.read_frame
+        return abort!(nil) if type.nil?
+        if conn.rid != @rid
+          raise ProtocolError.new("frame for request #{conn.rid} in the tunnel of request #{@rid}", @rid)
+        end
+
+        case type
+        when T_BODY
+          begin
+            @io.write(conn.payload)
+          rescue Errno::EPIPE, Errno::ECONNRESET
+            return abort!(nil) # the app closed its end
+          end
+        when T_END
+          @io.shutdown(Socket::SHUT_WR)
+          return
+        when T_ERROR
+          return abort!("the agent ended the tunnel: #{conn.error_text}")
+        else
+          raise ProtocolError.new("unexpected message type #{TYPE_NAMES[type]} in a tunnel", @rid, :unexpected)
+        end
+      end
+    rescue ProtocolError => e
+      abort!("protocol error in the tunnel, closing the connection: #{e.message}")
+    rescue IOError, SystemCallError
+      abort!(nil)
     end
   end
 
@@ -1209,9 +1659,13 @@ module PassengerRackLoader
           when T_REQUEST
             @busy = true unless threaded
             begin
-              handle_request(conn)
+              tunnel = handle_request(conn)
             ensure
               @busy = false unless threaded
+            end
+            if tunnel
+              hold_tunnel(tunnel, threaded)
+              break
             end
             if (failed = conn.failed)
               raise failed if failed.is_a?(ProtocolError)
@@ -1228,6 +1682,9 @@ module PassengerRackLoader
           when T_OOB_WORK
             oob_work(conn)
           else
+            # tunnel bytes sent ahead for an upgrade that got no tunnel: nobody reads them
+            break if (type == T_BODY || type == T_END) && conn.rid == conn.declined_upgrade
+
             raise ProtocolError.new("unexpected message type #{TYPE_NAMES[type]}", conn.rid, :unexpected)
           end
         rescue PeerAborted => e
@@ -1255,6 +1712,22 @@ module PassengerRackLoader
       rescue IOError, SystemCallError
         nil
       end
+    end
+
+    # A tunnel holds its connection, and so a serving slot, until both sides
+    # are done; then the connection closes. Stopping ends tunnels at once:
+    # the request itself ended at the 101, so with concurrency 1 the process
+    # is not busy (the trap raises Stop here) and a serving thread lets Stop in.
+    def hold_tunnel(tunnel, threaded)
+      if threaded
+        Thread.handle_interrupt(Stop => :immediate) { tunnel.wait }
+      else
+        raise Stop if @stop
+
+        tunnel.wait
+      end
+    ensure
+      tunnel.close
     end
 
     def oob_work(conn)
@@ -1291,6 +1764,7 @@ module PassengerRackLoader
       end
     end
 
+    # Serves one REQUEST; returns the Hijack when it opened a tunnel.
     def handle_request(conn)
       rid = conn.rid
       rid4 = conn.rid_bytes
@@ -1308,20 +1782,36 @@ module PassengerRackLoader
       end
       PassengerRackLoader.complete_env(env, flags)
       env['rack.input'] = input
+      if flags & FLAG_UPGRADE != 0
+        hijack = Hijack.new(conn, rid, rid4, env, @rack2)
+        env['rack.hijack?'] = true
+        env['rack.hijack'] = hijack
+      end
       finished = env['rack.response_finished'] = []
       conn.head_sent = false
       conn.ended = false
-      respond(conn, rid, rid4, env, input, finished)
+      respond(conn, rid, rid4, env, input, finished, hijack)
+      tunnel = hijack if hijack&.hijacked? && hijack.await_response
     ensure
       input.detach if input.is_a?(Input)
+      hijack.close if hijack && !tunnel
+      conn.declined_upgrade = hijack && !tunnel ? rid : nil
     end
 
-    def respond(conn, rid, rid4, env, input, finished)
+    # Calls the app and sends its response. After a full hijack the response
+    # is ignored (the app answers on the socket), as the Rack SPEC says.
+    def respond(conn, rid, rid4, env, input, finished, hijack)
       head = env['REQUEST_METHOD'] == 'HEAD'
       status = headers = body = error = nil
       begin
         status, headers, body = @app.call(env)
-        if head
+        if hijack&.hijacked?
+          nil
+        elsif hijack && (callback = partial_hijack(headers))
+          hijack.partial(status, headers, callback)
+        elsif PassengerRackLoader.status_code(status) == 101
+          raise ArgumentError, 'a 101 response needs a hijacked connection (rack.hijack on an upgrade request)'
+        elsif head
           out = PassengerRackLoader.encode_head(rid4, status, headers) << M_END << rid4 << ZERO4
           conn.head_sent = conn.ended = true
           conn.write(out)
@@ -1338,7 +1828,7 @@ module PassengerRackLoader
         end
       rescue Exception => e # rubocop:disable Lint/RescueException
         error = e
-        fail_response(conn, rid, rid4, env, e, head)
+        fail_response(conn, rid, rid4, env, e, head, hijack&.hijacked?)
         raise if e.is_a?(SystemExit) || e.is_a?(SignalException) || e.is_a?(Stop)
       ensure
         if body.respond_to?(:close)
@@ -1351,6 +1841,17 @@ module PassengerRackLoader
         end
         run_finished(finished, env, status, headers, error) unless finished.empty?
       end
+    end
+
+    # The callable of a partial hijack: the 'rack.hijack' response header.
+    def partial_hijack(headers)
+      callback = headers['rack.hijack'] if headers.is_a?(Hash)
+      return nil if callback.nil?
+      unless callback.respond_to?(:call)
+        raise TypeError, "the rack.hijack response header must be callable, not a #{callback.class}"
+      end
+
+      callback
     end
 
     # The Array behind a body, when there is one: to_ary (Rack 3), or the
@@ -1431,19 +1932,21 @@ module PassengerRackLoader
       stream.close
     end
 
-    # The application failed: 500 before the RESPONSE, ERROR after it.
-    def fail_response(conn, rid, rid4, env, exc, head)
-      where = if !conn.head_sent then 'before the response headers were sent'
+    # The application failed: 500 before the RESPONSE, ERROR after it;
+    # nothing once it hijacked the connection (the relay answers then).
+    def fail_response(conn, rid, rid4, env, exc, head, hijacked)
+      where = if hijacked then 'after it hijacked the connection'
+              elsif !conn.head_sent then 'before the response headers were sent'
               elsif conn.ended then 'after the response was complete'
               else 'after the response headers were sent'
               end
       what = "#{env['REQUEST_METHOD']} #{env['SCRIPT_NAME']}#{env['PATH_INFO']}"
-      if conn.failed
+      if conn.failed && !hijacked
         PassengerRackLoader.log("request #{what} aborted: #{conn.failed.message}")
         return
       end
       PassengerRackLoader.log_exception("error while serving #{what} (#{where})", exc)
-      return if conn.ended
+      return if conn.ended || hijacked
 
       if conn.head_sent
         conn.ended = true

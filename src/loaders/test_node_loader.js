@@ -141,7 +141,8 @@ function decodeFields(name, payload) {
   }
   if (off !== payload.length) throw new Malformed(`${name}: trailing bytes`);
   if (name === 'HELLO' && !(out.role >= 1 && out.role <= 3)) throw new Malformed('bad role');
-  if (name === 'REQUEST' && (out.flags & ~3)) throw new Malformed('bad flags');
+  // Flags: 0x01 body, 0x02 HTTPS, 0x04 upgrade (never with a body).
+  if (name === 'REQUEST' && ((out.flags & ~7) || (out.flags & 5) === 5)) throw new Malformed('bad flags');
   if (name === 'ERROR') {
     try { strictUtf8.decode(out.message); } catch (e) { throw new Malformed('not UTF-8'); }
   }
@@ -304,6 +305,52 @@ class AgentConn {
       .filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
     return result;
   }
+
+  /**
+   * What comes back through the tunnel of request `rid`: BODY frames up to
+   * END, ERROR or the close of the connection, or until `opts.bytes` bytes
+   * have come.
+   */
+  async tunnelRead(rid, opts = {}) {
+    const out = { chunks: [], end: false, error: null, closed: false };
+    let total = 0;
+    while (opts.bytes === undefined || total < opts.bytes) {
+      const f = await this.next(opts.timeout);
+      if (f === null) {
+        out.closed = true;
+        break;
+      }
+      assert.equal(f.rid, rid, `a ${f.name} frame for request ${f.rid} in the tunnel of ${rid}`);
+      if (f.type === T.BODY) {
+        out.chunks.push(Buffer.from(f.fields.data));
+        total += f.fields.data.length;
+      } else if (f.type === T.END) {
+        out.end = true;
+        break;
+      } else if (f.type === T.ERROR) {
+        out.error = { code: f.fields.code, message: text(f.fields.message) };
+        break;
+      } else {
+        assert.fail(`unexpected ${f.name} in a tunnel`);
+      }
+    }
+    out.data = Buffer.concat(out.chunks);
+    return out;
+  }
+}
+
+/** An ERROR frame, as the agent sends it. */
+function encodeErrorFrame(rid, code, message) {
+  return frame(T.ERROR, rid, Buffer.concat([u16(code), encBytes(message)]));
+}
+
+/** `data` as BODY frames of at most 64 KiB, in one buffer. */
+function bodyFrames(rid, data) {
+  const frames = [];
+  for (let off = 0; off < data.length; off += 65536) {
+    frames.push(frame(T.BODY, rid, data.subarray(off, off + 65536)));
+  }
+  return Buffer.concat(frames);
 }
 
 /** The CGI environment the module builds for a request. */
@@ -324,6 +371,18 @@ function cgiEnv(method, uri, extra = []) {
     ['HTTP_ACCEPT', '*/*'],
     ...extra,
   ];
+}
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const WS_KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+
+/** Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455, section 4.2.2). */
+const wsAccept = (key) => crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
+
+/** The environment of a WebSocket handshake, sent with REQUEST flag 0x04. */
+function wsEnv(uri, key = WS_KEY) {
+  return cgiEnv('GET', uri, [['HTTP_UPGRADE', 'websocket'], ['HTTP_CONNECTION', 'Upgrade'],
+    ['HTTP_SEC_WEBSOCKET_KEY', key], ['HTTP_SEC_WEBSOCKET_VERSION', '13']]);
 }
 
 /** A loader process on an app in a temporary directory, as the agent runs it. */
@@ -587,6 +646,73 @@ if (require.main === module) {
 }
 `;
 
+// A WebSocket server written on 'upgrade' as the ws library does it: the
+// handshake by hand, then raw bytes on the socket. The route is the URL.
+const WEBSOCKET_APP = `
+const http = require('http');
+const crypto = require('crypto');
+const stats = { ends: 0, closes: 0, pushedBack: 0, afterOwnEnd: '', seen: null };
+const server = http.createServer((req, res) => {
+  if (req.url === '/switch-anyway') {
+    // A 101 to a request that did not ask to upgrade.
+    req.socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n'
+      + 'Connection: Upgrade\\r\\n\\r\\n');
+    return;
+  }
+  if (req.url === '/close-server') {
+    server.close();
+    res.end('closing');
+    return;
+  }
+  res.setHeader('Content-Type', 'application/json');
+  res.end(JSON.stringify(stats));
+});
+server.on('connect', (req, socket) => {
+  socket.end('HTTP/1.1 200 Connection Established\\r\\n\\r\\n');
+});
+server.on('upgrade', (req, socket, head) => {
+  stats.seen = { upgrade: req.headers.upgrade, connection: req.headers.connection,
+    url: req.url, head: head.length };
+  socket.on('close', () => { stats.closes++; });
+  socket.on('error', () => {});
+  if (req.url === '/decline') {
+    socket.end('HTTP/1.1 403 Forbidden\\r\\nContent-Type: text/plain\\r\\n'
+      + 'Content-Length: 10\\r\\n\\r\\nno thanks\\n');
+    return;
+  }
+  const accept = crypto.createHash('sha1')
+    .update(req.headers['sec-websocket-key'] + '${WS_GUID}').digest('base64');
+  // The head and a first WebSocket frame (text "hello", unmasked) in one write.
+  socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n'
+    + 'Connection: Upgrade\\r\\nSec-WebSocket-Accept: ' + accept + '\\r\\n\\r\\n'
+    + '\\x81\\x05hello', 'latin1');
+  if (req.url === '/close-first') {
+    socket.end('bye');
+    socket.on('data', (d) => { stats.afterOwnEnd += d; });
+    return;
+  }
+  if (req.url === '/destroy') {
+    socket.write('going away');
+    setTimeout(() => socket.destroy(), 50);
+    return;
+  }
+  // '/echo': every byte back; after the agent's END one last word, then END.
+  socket.on('data', (d) => {
+    if (!socket.write(d)) {
+      stats.pushedBack++;
+      socket.pause();
+      socket.once('drain', () => socket.resume());
+    }
+  });
+  socket.on('end', () => {
+    stats.ends++;
+    socket.end('[end seen]');
+  });
+});
+server.listen(3000);
+`;
+const WS_HELLO = Buffer.from([0x81, 0x05, ...Buffer.from('hello')]);
+
 // listen() called in each of its forms; a second server listens for real.
 function listenVariant(call) {
   return `
@@ -745,6 +871,12 @@ describe('frame codec', () => {
     assert.equal(r.headers.Connection, 'close');
     assert.equal(r.headers.Host, 'localhost');
     assert.throws(() => loader.buildRequest(0, [['CONTENT_LENGTH', '12x']]));
+    // An upgrade request (flag 0x04) keeps the client's Upgrade and Connection.
+    const u = loader.buildRequest(4, [['HTTP_UPGRADE', 'websocket'],
+      ['HTTP_CONNECTION', 'keep-alive, Upgrade'], ['HTTP_KEEP_ALIVE', '5']]);
+    assert.equal(u.headers.Upgrade, 'websocket');
+    assert.equal(u.headers.Connection, 'keep-alive, Upgrade');
+    assert.equal(u.headers['Keep-Alive'], undefined);
   });
 });
 
@@ -1023,7 +1155,7 @@ describe('a plain http.createServer app', () => {
 
   it('closes the connection on frames out of place', async () => {
     for (const bad of [frame(T.BODY, 5, Buffer.from('x')), frame(T.HELLO, 0, Buffer.alloc(13)),
-      requestFrame(1, [], 4), frame(T.END, 1)]) {
+      requestFrame(1, [], 8), requestFrame(1, [], 5), frame(T.END, 1)]) {
       const conn = await app.connect();
       conn.send(bad);
       const f = await conn.next();
@@ -1064,6 +1196,230 @@ describe('a plain http.createServer app', () => {
     const r = await conn.request(1, cgiEnv('GET', '/oob'));
     assert.equal(r.text, '1');
     conn.sock.destroy();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Upgraded connections (WebSockets)
+// ---------------------------------------------------------------------------
+
+describe('upgraded connections (WebSockets)', () => {
+  let app;
+  before(async () => {
+    app = await LoaderProcess.start({ 'app.js': WEBSOCKET_APP });
+    await app.ready();
+  });
+  after(() => app.stop());
+
+  const stats = async () => JSON.parse((await app.get('/stats')).text);
+
+  /** REQUEST with flag 0x04 (and `then`, sent in the same write): the RESPONSE frame. */
+  async function upgrade(conn, uri, then = Buffer.alloc(0)) {
+    conn.send(Buffer.concat([requestFrame(1, wsEnv(uri), 4), then]));
+    const f = await conn.next();
+    assert.equal(f && f.name, 'RESPONSE', `a RESPONSE to the upgrade request, got ${f && f.name}`);
+    return { status: f.fields.status, reason: text(f.fields.reason), headers: pairsText(f.fields.headers) };
+  }
+
+  it("a WebSocket handshake: the app's 'upgrade' handler answers, RESPONSE 101 comes back", async () => {
+    const conn = await app.connect();
+    const r = await upgrade(conn, '/echo?room=1');
+    assert.equal(r.status, 101);
+    assert.equal(r.reason, 'Switching Protocols');
+    assert.deepEqual(r.headers, [['Upgrade', 'websocket'], ['Connection', 'Upgrade'],
+      ['Sec-WebSocket-Accept', wsAccept(WS_KEY)]], 'the headers of the 101, hop-by-hop ones too, in order');
+    assert.equal(wsAccept(WS_KEY), 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=', 'RFC 6455 example');
+    const hello = await conn.tunnelRead(1, { bytes: WS_HELLO.length });
+    assert.deepEqual(hello.data, WS_HELLO, 'what the app wrote right after the 101 comes as BODY');
+    conn.sock.destroy();
+    const seen = (await stats()).seen;
+    assert.deepEqual(seen, { upgrade: 'websocket', connection: 'Upgrade', url: '/echo?room=1', head: 0 });
+  });
+
+  it('bytes round-trip both ways; END each way; then the connection is closed', async () => {
+    const conn = await app.connect();
+    const before = await stats();
+    assert.equal((await upgrade(conn, '/echo')).status, 101);
+    assert.deepEqual((await conn.tunnelRead(1, { bytes: WS_HELLO.length })).data, WS_HELLO);
+    for (const word of ['ping', 'a little more', '\x00\xff\r\n binary']) {
+      const data = Buffer.from(word, 'latin1');
+      conn.send(frame(T.BODY, 1, data));
+      assert.deepEqual((await conn.tunnelRead(1, { bytes: data.length })).data, data);
+    }
+    conn.send(frame(T.END, 1));
+    // The app sees 'end', can still write (a half close), then ends too.
+    const rest = await conn.tunnelRead(1);
+    assert.equal(rest.data.toString(), '[end seen]');
+    assert.equal(rest.end, true, "the app's END reaches the agent");
+    assert.equal(await conn.next(), null, 'then the connection is closed');
+    const after = await stats();
+    assert.equal(after.ends, before.ends + 1, "the app saw 'end'");
+    assert.equal(after.closes, before.closes + 1, "the app's socket closed");
+  });
+
+  it('1 MiB each way arrives intact, with back-pressure both ways', async () => {
+    const conn = await app.connect();
+    assert.equal((await upgrade(conn, '/echo')).status, 101);
+    assert.deepEqual((await conn.tunnelRead(1, { bytes: WS_HELLO.length })).data, WS_HELLO);
+    const before = await stats();
+    const data = crypto.randomBytes(1 << 20);
+    conn.sock.pause(); // the agent does not read for a while: the echo backs up
+    conn.send(Buffer.concat([bodyFrames(1, data), frame(T.END, 1)]));
+    await sleep(300);
+    conn.sock.resume();
+    const back = await conn.tunnelRead(1);
+    assert.equal(back.end, true);
+    for (const c of back.chunks) assert.ok(c.length > 0 && c.length <= 65536, `a BODY of ${c.length} bytes`);
+    assert.equal(back.data.length, data.length + '[end seen]'.length);
+    assert.equal(sha256(back.data.subarray(0, data.length)), sha256(data));
+    assert.equal(back.data.subarray(data.length).toString(), '[end seen]');
+    assert.equal(await conn.next(), null);
+    assert.ok((await stats()).pushedBack > before.pushedBack, "the app's socket.write() returned false");
+  });
+
+  it('bytes sent right after the REQUEST, before the 101 was read, are not lost', async () => {
+    const conn = await app.connect();
+    const early = Buffer.concat([Buffer.from('first bytes'), crypto.randomBytes(200 * 1024)]);
+    const r = await upgrade(conn, '/echo', Buffer.concat([bodyFrames(1, early), frame(T.END, 1)]));
+    assert.equal(r.status, 101);
+    const back = await conn.tunnelRead(1);
+    assert.equal(back.end, true);
+    assert.deepEqual(back.data, Buffer.concat([WS_HELLO, early, Buffer.from('[end seen]')]));
+    assert.equal(await conn.next(), null);
+  });
+
+  it('the app closing first: END from the loader; what the agent still sends reaches the app', async () => {
+    const conn = await app.connect();
+    assert.equal((await upgrade(conn, '/close-first')).status, 101);
+    const first = await conn.tunnelRead(1);
+    assert.deepEqual(first.data, Buffer.concat([WS_HELLO, Buffer.from('bye')]));
+    assert.equal(first.end, true, 'END after the app ended its side');
+    conn.send(Buffer.concat([frame(T.BODY, 1, Buffer.from('late words')), frame(T.END, 1)]));
+    assert.equal(await conn.next(), null, 'the connection is closed once both sides ended');
+    assert.equal((await stats()).afterOwnEnd, 'late words');
+  });
+
+  it('the app destroying its socket: END, and the connection is closed', async () => {
+    const conn = await app.connect();
+    assert.equal((await upgrade(conn, '/destroy')).status, 101);
+    const got = await conn.tunnelRead(1);
+    assert.deepEqual(got.data, Buffer.concat([WS_HELLO, Buffer.from('going away')]));
+    assert.equal(got.end, true);
+    assert.equal(await conn.next(), null, 'closed without waiting for the END of the agent');
+  });
+
+  /** Wait until the app has seen `n` more of its upgraded sockets close. */
+  async function appClosed(before, n = 1) {
+    const deadline = Date.now() + 2000;
+    while ((await stats()).closes < before.closes + n && Date.now() < deadline) await sleep(20);
+    assert.equal((await stats()).closes, before.closes + n);
+  }
+
+  it("ERROR from the agent ends the tunnel: the app's socket closes", async () => {
+    const conn = await app.connect();
+    const before = await stats();
+    assert.equal((await upgrade(conn, '/echo')).status, 101);
+    conn.send(encodeErrorFrame(1, 502, 'the client went away'));
+    assert.equal((await conn.tunnelRead(1)).closed, true);
+    await appClosed(before);
+  });
+
+  it("the agent closing the connection ends the tunnel: the app's socket closes", async () => {
+    const conn = await app.connect();
+    const before = await stats();
+    assert.equal((await upgrade(conn, '/echo')).status, 101);
+    conn.sock.destroy();
+    await appClosed(before);
+  });
+
+  it('an upgrade the app declines gets its ordinary response; the connection goes on', async () => {
+    const conn = await app.connect();
+    const r = await conn.request(1, wsEnv('/decline'), { flags: 4 });
+    assert.equal(r.status, 403);
+    assert.equal(r.text, 'no thanks\n');
+    const r2 = await conn.request(2, cgiEnv('GET', '/stats'));
+    assert.equal(r2.status, 200);
+    conn.sock.destroy();
+  });
+
+  it('a declined upgrade after the agent started the tunnel: the connection is closed after END', async () => {
+    const conn = await app.connect();
+    const r = await upgrade(conn, '/decline', frame(T.BODY, 1, Buffer.from('too early')));
+    assert.equal(r.status, 403);
+    const rest = await conn.tunnelRead(1);
+    assert.equal(rest.data.toString(), 'no thanks\n');
+    assert.equal(rest.end, true);
+    assert.equal(await conn.next(), null);
+  });
+
+  it('a 101 to a request without flag 0x04 is ERROR 502', async () => {
+    const r = await app.get('/switch-anyway');
+    assert.equal(r.status, null);
+    assert.equal(r.error.code, 502);
+  });
+
+  it('a CONNECT request is ERROR 502, whether or not the app answers it', async () => {
+    for (const target of ['example.test:443', '/not-an-authority']) {
+      const r = await app.get(target, [], { method: 'CONNECT', timeout: 3000 });
+      assert.equal(r.status, null, target);
+      assert.equal(r.error.code, 502, target);
+    }
+  });
+
+  it('SIGTERM closes open tunnels and the process exits', async () => {
+    const own = await LoaderProcess.start({ 'app.js': WEBSOCKET_APP });
+    try {
+      await own.ready();
+      const conn = await own.connect();
+      assert.equal((await upgrade(conn, '/echo')).status, 101);
+      own.child.kill('SIGTERM');
+      const rest = await conn.tunnelRead(1);
+      assert.equal(rest.closed, true);
+      assert.equal((await withTimeout(own.exited, 5000, 'exit')).code, 0);
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('SIGTERM after the app closed its server still closes open tunnels and exits', async () => {
+    const own = await LoaderProcess.start({ 'app.js': WEBSOCKET_APP });
+    try {
+      await own.ready();
+      const conn = await own.connect();
+      assert.equal((await upgrade(conn, '/echo')).status, 101);
+      assert.equal((await own.get('/close-server')).text, 'closing');
+      conn.send(frame(T.BODY, 1, Buffer.from('still open')));
+      assert.equal((await conn.tunnelRead(1, { bytes: WS_HELLO.length + 10 })).data.toString('latin1'),
+        WS_HELLO.toString('latin1') + 'still open', 'a closed server keeps its WebSockets, as in Node');
+      own.child.kill('SIGTERM');
+      assert.equal((await conn.tunnelRead(1)).closed, true);
+      assert.equal((await withTimeout(own.exited, 5000, 'exit')).code, 0);
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
+describe('an upgrade request to an app without an upgrade listener', () => {
+  it('is an ordinary request, without Upgrade and Connection; the connection goes on', async () => {
+    const app = await LoaderProcess.start({ 'app.js': `
+require('http').createServer((req, res) => {
+  res.end(JSON.stringify({ url: req.url, upgrade: req.headers.upgrade || null,
+    connection: req.headers.connection, key: req.headers['sec-websocket-key'] }));
+}).listen(3000);
+` });
+    try {
+      await app.ready();
+      const conn = await app.connect();
+      const r = await conn.request(1, wsEnv('/chat'), { flags: 4 });
+      assert.equal(r.status, 200);
+      assert.deepEqual(JSON.parse(r.text), { url: '/chat', upgrade: null, connection: 'close', key: WS_KEY });
+      const r2 = await conn.request(2, cgiEnv('GET', '/next'));
+      assert.equal(JSON.parse(r2.text).url, '/next');
+      conn.sock.destroy();
+    } finally {
+      await app.stop();
+    }
   });
 });
 

@@ -140,7 +140,9 @@ module Codec
     SCHEMA[name].each { |field, kind| fields[field] = kind == :raw ? r.rest : r.public_send(kind) }
     r.done
     raise VecError.new('malformed', 'role') if name == :HELLO && ![1, 2, 3].include?(fields[:role])
-    raise VecError.new('malformed', 'flags') if name == :REQUEST && fields[:flags] & ~3 != 0
+    if name == :REQUEST && (fields[:flags] & ~7 != 0 || fields[:flags] & 5 == 5)
+      raise VecError.new('malformed', 'flags') # 0x04 (upgrade) never comes with 0x01 (body)
+    end
     if name == :ERROR && !fields[:message].dup.force_encoding('UTF-8').valid_encoding?
       raise VecError.new('malformed', 'ERROR message not UTF-8')
     end
@@ -1053,7 +1055,8 @@ class TestServing < LoaderTest
       'unknown type' => [Codec.frame(0x7f, 3), 400],
       'too large' => ['MP'.b + [1, 0x11, 1, (1 << 20) + 1].pack('CCNN'), 400],
       'unexpected READY' => [Codec.frame(:READY, 0, Codec.u32(1)), 400],
-      'bad flags' => [Codec.frame(:REQUEST, 4, "\x04".b + Codec.pairs([]) + Codec.pairs([])), 400],
+      'bad flags' => [Codec.frame(:REQUEST, 4, "\x08".b + Codec.pairs([]) + Codec.pairs([])), 400],
+      'upgrade with a body' => [Codec.frame(:REQUEST, 4, "\x05".b + Codec.pairs([]) + Codec.pairs([])), 400],
       'lying pair count' => [Codec.frame(:REQUEST, 4, "\x00".b + Codec.u32(0xffffffff) + Codec.u32(0)), 400],
       'trailing bytes' => [Codec.frame(:REQUEST, 4, "\x00".b + Codec.pairs([]) + Codec.pairs([]) + 'x'), 400],
       'wrong rid' => [Codec.request(1, default_env('POST', '/echo'), flags: 1) + Codec.frame(:END, 2), 400],
@@ -1204,6 +1207,14 @@ LINT_APP = <<~'RUBY'
                "#{env['HTTP_TRANSFER_ENCODING'].inspect}"
       when '/form'
         body = Rack::Request.new(env).POST.sort.inspect
+      when '/hijack' # full: echo everything up to EOF, then close
+        io = env['rack.hijack'].call
+        io.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        Thread.new { io.write(io.read); io.close }
+        return [200, {}, []]
+      when '/partial_hijack'
+        echo = proc { |io| io.write(io.read); io.close }
+        return [101, { 'upgrade' => 'echo', 'connection' => 'Upgrade', 'rack.hijack' => echo }, []]
       else
         body = 'other'
       end
@@ -1279,6 +1290,18 @@ class TestRackLint < LoaderTest
     env = default_env('GET', '/get') + [%w[SCRIPT_NAME /sub]]
     res = do_request(@c, env: env, flags: 2)
     assert_equal 200, res.status
+  end
+
+  def test_full_and_partial_hijack
+    %w[/hijack /partial_hijack].each do |path|
+      c = path == '/hijack' ? @c : connect # a tunnel's connection closes when it ends
+      c.write(Codec.request(7, upgrade_env(path), flags: 4) + Codec.frame(:BODY, 7, 'echo me') + Codec.frame(:END, 7))
+      frames = []
+      while (f = c.read_frame)
+        frames << [Codec::NAMES[f[0]], f[0] == Codec::T[:RESPONSE] ? parse_response(f[2])[0] : f[2]]
+      end
+      assert_equal [[:RESPONSE, 101], [:BODY, 'echo me'], [:END, '']], frames, path
+    end
   end
 end
 
@@ -1515,6 +1538,24 @@ class TestRack3Paths < LoaderTest
     assert_equal 'x', wait_file('to-ary')
     assert_includes wait_file('ary-closed'), 'x' # to_ary closed it; the loader's close may follow
     refute_includes stderr, 'error while serving'
+  end
+
+  def test_full_hijack_without_hijack_io
+    start_ok(<<~'RUBY')
+      def Rack.release = '3.1.0'
+      run(lambda do |env|
+        io = env['rack.hijack'].call
+        io.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nhijack_io=#{env.key?('rack.hijack_io')}")
+        io.close
+        [200, {}, []]
+      end)
+    RUBY
+    c = connect
+    c.write(Codec.request(7, default_env('GET', '/'), flags: 4))
+    type, _rid, payload = c.read_frame
+    assert_equal [:RESPONSE, 101], [Codec::NAMES[type], parse_response(payload)[0]]
+    assert_equal [Codec::T[:BODY], 7, 'hijack_io=false'], c.read_frame
+    assert_equal Codec::T[:END], c.read_frame[0]
   end
 end
 
@@ -1793,7 +1834,423 @@ class TestPreloader < LoaderTest
   end
 end
 
+# An app answering upgrade requests in every way the Rack SPEC allows.
+WS_APP = <<~'RUBY'
+  require 'digest'
+  require 'base64'
+
+  TMP = ENV['TEST_TMP']
+  PhusionPassenger.advertised_concurrency_level = Integer(ENV['TEST_CONCURRENCY']) if ENV['TEST_CONCURRENCY']
+
+  module WS
+    GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11' # RFC 6455, section 1.3
+
+    module_function
+
+    def accept(env)
+      Base64.strict_encode64(Digest::SHA1.digest(env['HTTP_SEC_WEBSOCKET_KEY'] + GUID))
+    end
+
+    def handshake(env)
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+        "Sec-WebSocket-Accept: #{accept(env)}\r\n\r\n"
+    end
+
+    def marker(name, text = 'x')
+      File.write(File.join(TMP, name), text)
+    end
+
+    # Echoes until EOF, notes it, closes.
+    def echo(io)
+      loop { io.write(io.readpartial(65_536)) }
+    rescue EOFError
+      marker('app-saw-eof')
+    ensure
+      io.close
+    end
+
+    # A full hijack that writes +raw+ and keeps the socket open (the
+    # response must end by its own framing, not by EOF).
+    def raw(env, raw, close: false)
+      io = env['rack.hijack'].call
+      io.write(raw)
+      close ? io.close : ($kept ||= []) << io
+      [-1, {}, []]
+    end
+  end
+
+  run(lambda do |env|
+    case env['PATH_INFO']
+    when '/ws'
+      io = env['rack.hijack'].call
+      WS.marker('hijack-io', (env['rack.hijack_io'].equal?(io) || Rack.release.to_i >= 3).to_s)
+      io.write(WS.handshake(env))
+      Thread.new { WS.echo(io) }
+      [-1, {}, []]
+    when '/ws_sync'
+      io = env['rack.hijack'].call
+      io.write(WS.handshake(env))
+      WS.echo(io)
+      [200, {}, ['ignored']]
+    when '/ws_close_first'
+      WS.raw(env, "#{WS.handshake(env)}goodbye", close: true)
+    when '/ws_partial'
+      headers = { 'upgrade' => 'websocket', 'connection' => 'Upgrade', 'sec-websocket-accept' => WS.accept(env),
+                  'rack.hijack' => ->(io) { WS.echo(io) } }
+      [101, headers, []]
+    when '/ws_partial_raise'
+      [101, { 'upgrade' => 'websocket', 'rack.hijack' => ->(_io) { raise 'failing in the hijack callback' } }, []]
+    when '/ws_decline'
+      [426, { 'content-type' => 'text/plain', 'upgrade' => 'websocket' }, ['upgrade required']]
+    when '/ws_403'
+      WS.raw(env, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n" \
+                  "Connection: close, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n\r\ndeniedGARBAGE")
+    when '/ws_chunked'
+      WS.raw(env, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-A: 1\r\n\r\n" \
+                  "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\nGARBAGE")
+    when '/ws_eof'
+      WS.raw(env, "HTTP/1.0 200 Fine\nContent-Type: text/plain\n\nuntil eof", close: true)
+    when '/ws_bad_head'
+      WS.raw(env, "garbage\r\n\r\n", close: true)
+    when '/ws_no_head'
+      WS.raw(env, '', close: true)
+    when '/ws_cut'
+      WS.raw(env, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", close: true)
+    when '/flags'
+      [200, {}, ["#{env['rack.hijack?']} #{env.key?('rack.hijack')} #{env.key?('rack.hijack_io')}"]]
+    when '/101'
+      [101, { 'upgrade' => 'websocket' }, []]
+    when '/partial_on_ordinary'
+      [200, { 'rack.hijack' => ->(_io) { raise 'never called' } }, ['plain']]
+    else
+      [404, {}, ['not found']]
+    end
+  end)
+RUBY
+
+WS_KEY = 'dGhlIHNhbXBsZSBub25jZQ==' # RFC 6455's example: its accept value is below
+WS_ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+WS_HEADERS = [%w[Upgrade websocket], %w[Connection Upgrade], ['Sec-WebSocket-Accept', WS_ACCEPT]].freeze
+
+def upgrade_env(path)
+  default_env('GET', path, 'HTTP_UPGRADE' => 'websocket', 'HTTP_CONNECTION' => 'Upgrade',
+                           'HTTP_SEC_WEBSOCKET_KEY' => WS_KEY, 'HTTP_SEC_WEBSOCKET_VERSION' => '13')
+end
+
+class TestUpgrade < LoaderTest
+  def setup
+    super
+    start_ok(WS_APP)
+  end
+
+  # Sends an upgrade REQUEST (+ +extra+ bytes right behind it) and expects
+  # the RESPONSE 101: its headers.
+  def open_tunnel(conn, path, rid: 7, extra: ''.b)
+    conn.write(Codec.request(rid, upgrade_env(path), flags: 4) + extra)
+    type, frid, payload = conn.read_frame
+    assert_equal [:RESPONSE, rid], [Codec::NAMES[type], frid], "stderr:\n#{stderr}"
+    status, reason, headers = parse_response(payload)
+    assert_equal [101, 'Switching Protocols'], [status, reason]
+    headers
+  end
+
+  # Reads BODY frames of +rid+ until +count+ bytes came.
+  def read_bytes(conn, count, rid: 7)
+    got = ''.b
+    while got.bytesize < count
+      type, frid, payload = conn.read_frame
+      assert_equal [:BODY, rid], [Codec::NAMES[type], frid], "after #{got.bytesize} of #{count} bytes"
+      assert payload.bytesize.between?(1, 65_536)
+      got << payload
+    end
+    got
+  end
+
+  # Reads the rest of a direction: [bytes, what ended it (:END or :EOF)].
+  def read_to_end(conn, rid: 7)
+    got = ''.b
+    loop do
+      f = conn.read_frame
+      return [got, :EOF] if f.nil?
+
+      type, frid, payload = f
+      assert_equal rid, frid
+      return [got, :END] if Codec::NAMES[type] == :END
+
+      assert_equal :BODY, Codec::NAMES[type]
+      got << payload
+    end
+  end
+
+  def body(data, rid: 7) = Codec.frame(:BODY, rid, data)
+  def end_frame(rid: 7) = Codec.frame(:END, rid)
+
+  def test_full_hijack_websocket_echo
+    c = connect
+    assert_equal WS_HEADERS, open_tunnel(c, '/ws', extra: body('early'))
+    assert_equal 'true', wait_file('hijack-io') # rack.hijack_io is the IO (Rack 2)
+    assert_equal 'early', read_bytes(c, 5) # sent before the app hijacked: not lost
+    data = Random.new(1).bytes(1 << 20)
+    writer = Thread.new do
+      rng = Random.new(2)
+      pos = 0
+      while pos < data.bytesize
+        n = rng.rand(1..65_536)
+        c.write(body(data.byteslice(pos, n)))
+        pos += n
+      end
+    end
+    echoed = read_bytes(c, data.bytesize)
+    writer.join
+    assert_equal Digest::SHA256.hexdigest(data), Digest::SHA256.hexdigest(echoed)
+    c.write(end_frame)
+    assert_equal ['', :END], read_to_end(c) # agent END → app EOF → app closes → END
+    assert_equal 'x', wait_file('app-saw-eof')
+    assert c.closed?
+    assert_equal 'false false false', get(connect, '/flags').body # the next connection is served
+  end
+
+  def test_synchronous_full_hijack
+    c = connect
+    assert_equal WS_HEADERS, open_tunnel(c, '/ws_sync')
+    c.write(body('in call'))
+    assert_equal 'in call', read_bytes(c, 7)
+    c.write(end_frame)
+    assert_equal ['', :END], read_to_end(c)
+    assert c.closed?
+  end
+
+  def test_app_closes_first
+    c = connect
+    open_tunnel(c, '/ws_close_first')
+    assert_equal ['goodbye', :END], read_to_end(c)
+    c.write(end_frame)
+    assert c.closed?
+    # the app is gone: a BODY sent after its END cannot be delivered, the tunnel ends
+    c = connect
+    open_tunnel(c, '/ws_close_first')
+    assert_equal ['goodbye', :END], read_to_end(c)
+    c.write(body('late'))
+    assert c.closed?
+    refute_includes stderr, 'error'
+  end
+
+  def test_partial_hijack
+    c = connect
+    headers = open_tunnel(c, '/ws_partial')
+    assert_equal [%w[upgrade websocket], %w[connection Upgrade], ['sec-websocket-accept', WS_ACCEPT]], headers
+    c.write(body('partial'))
+    assert_equal 'partial', read_bytes(c, 7)
+    c.write(end_frame)
+    assert_equal ['', :END], read_to_end(c)
+    assert c.closed?
+  end
+
+  def test_partial_hijack_callback_raising_closes_the_connection
+    c = connect
+    open_tunnel(c, '/ws_partial_raise')
+    assert_equal ['', :EOF], read_to_end(c)
+    assert(wait_until { stderr.include?('failing in the hijack callback') })
+    assert_equal 1, stderr.scan('failing in the hijack callback').size
+    assert_equal 'false false false', get(connect, '/flags').body
+  end
+
+  def test_declined_upgrade_then_next_request
+    c = connect
+    res = do_request(c, env: upgrade_env('/ws_decline'), flags: 4)
+    assert_equal [426, 'upgrade required'], [res.status, res.body]
+    assert_equal %i[RESPONSE BODY END], res.frames.map(&:first)
+    res = do_request(c, rid: 8, env: upgrade_env('/flags'), flags: 4) # not hijacked: an ordinary response
+    assert_equal 'true true false', res.body
+    assert_equal 'false false false', get(c, '/flags', 9).body
+    # tunnel bytes the agent sent ahead, that nobody will read: the connection closes after END
+    c.write(Codec.request(10, upgrade_env('/ws_decline'), flags: 4) + Codec.frame(:BODY, 10, 'early'))
+    assert_equal [Codec::T[:RESPONSE], Codec::T[:BODY], Codec::T[:END]], Array.new(3) { c.read_frame[0] }
+    assert c.closed?
+    refute_includes stderr, 'protocol error'
+  end
+
+  def test_full_hijack_with_an_ordinary_response
+    c = connect
+    res = do_request(c, rid: 1, env: upgrade_env('/ws_403'), flags: 4)
+    assert_equal [403, 'Forbidden', [%w[Content-Type text/plain], %w[Content-Length 6]], 'denied', true],
+                 [res.status, res.reason, res.headers, res.body, res.ended]
+    res = do_request(c, rid: 2, env: upgrade_env('/ws_chunked'), flags: 4)
+    assert_equal [200, 'OK', [%w[X-A 1]], 'hello, world', true],
+                 [res.status, res.reason, res.headers, res.body, res.ended]
+    res = do_request(c, rid: 3, env: upgrade_env('/ws_eof'), flags: 4)
+    assert_equal [200, 'Fine', [%w[Content-Type text/plain]], 'until eof', true],
+                 [res.status, res.reason, res.headers, res.body, res.ended]
+    assert_equal 'false false false', get(c, '/flags', 4).body # the connection goes on
+  end
+
+  def test_invalid_hijacked_responses_are_502
+    c = connect
+    res = do_request(c, rid: 1, env: upgrade_env('/ws_bad_head'), flags: 4)
+    assert_equal 502, res.error[0]
+    assert_includes res.error[1], 'invalid status line "garbage"'
+    res = do_request(c, rid: 2, env: upgrade_env('/ws_no_head'), flags: 4)
+    assert_equal 502, res.error[0]
+    assert_includes res.error[1], 'closed the connection without writing a response head'
+    res = do_request(c, rid: 3, env: upgrade_env('/ws_cut'), flags: 4)
+    assert_equal [200, 'short', 502], [res.status, res.body, res.error[0]]
+    assert_includes res.error[1], 'cut short'
+    assert_equal 'false false false', get(c, '/flags', 4).body
+    assert_equal 2, stderr.scan('wrote no valid response head').size # logged once each
+    assert_equal 1, stderr.scan('cut short').size
+  end
+
+  def test_ordinary_requests_are_not_hijackable
+    c = connect
+    assert_equal 'false false false', get(c, '/flags').body
+    res = get(c, '/partial_on_ordinary', 2)
+    assert_equal ['plain', []], [res.body, res.headers] # the rack.hijack header is not sent
+    assert_equal 500, get(c, '/101', 3).status # a 101 needs a tunnel
+    assert_equal 500, do_request(c, rid: 4, env: upgrade_env('/101'), flags: 4).status
+    assert_includes stderr, 'a 101 response needs a hijacked connection'
+  end
+
+  def test_agent_error_ends_the_tunnel
+    c = connect
+    open_tunnel(c, '/ws')
+    c.write(Codec.frame(:ERROR, 7, [502].pack('n') + Codec.bytes('client gone')))
+    assert c.closed?
+    assert_equal 'x', wait_file('app-saw-eof')
+    assert_includes stderr, 'the agent ended the tunnel: ERROR 502: client gone'
+  end
+
+  def test_agent_closing_ends_the_tunnel
+    c = connect
+    open_tunnel(c, '/ws')
+    c.close
+    assert_equal 'x', wait_file('app-saw-eof')
+    assert_equal 'false false false', get(connect, '/flags').body
+  end
+
+  def test_unexpected_frame_in_a_tunnel_closes_it
+    c = connect
+    open_tunnel(c, '/ws')
+    c.write(Codec.frame(:PING, 7))
+    assert_equal ['', :EOF], read_to_end(c)
+    assert_includes stderr, 'unexpected message type PING in a tunnel'
+  end
+
+  def test_a_tunnel_holds_the_only_slot
+    a = connect
+    open_tunnel(a, '/ws')
+    b = connect
+    do_request(b, env: default_env('GET', '/flags'), read_response: false)
+    assert_raises(TimeoutError) { b.read_frame(0.5) }
+    a.write(end_frame)
+    assert_equal ['', :END], read_to_end(a)
+    type, = b.read_frame
+    assert_equal :RESPONSE, Codec::NAMES[type]
+  end
+
+  def test_sigterm_ends_an_open_tunnel
+    c = connect
+    open_tunnel(c, '/ws')
+    Process.kill('TERM', @pid)
+    assert_equal 0, wait_exit.exitstatus
+    assert c.closed?
+  end
+end
+
+class TestUpgradeThreaded < LoaderTest
+  def setup
+    super
+    start_ok(WS_APP, concurrency: 4, env: { 'TEST_CONCURRENCY' => '4' })
+  end
+
+  def test_ordinary_request_while_a_tunnel_is_open
+    a = connect
+    a.write(Codec.request(7, upgrade_env('/ws'), flags: 4))
+    type, = a.read_frame
+    assert_equal :RESPONSE, Codec::NAMES[type]
+    b = connect
+    assert_equal 'false false false', get(b, '/flags').body
+    a.write(Codec.frame(:BODY, 7, 'still open'))
+    assert_equal [Codec::T[:BODY], 7, 'still open'], a.read_frame
+    assert_equal 'false false false', get(b, '/flags', 2).body
+    a.write(Codec.frame(:END, 7))
+    assert_equal Codec::T[:END], a.read_frame[0]
+    assert a.closed?
+  end
+
+  def test_sigterm_ends_open_tunnels
+    a = connect
+    a.write(Codec.request(7, upgrade_env('/ws'), flags: 4))
+    assert_equal :RESPONSE, Codec::NAMES[a.read_frame[0]]
+    Process.kill('TERM', @pid)
+    assert_equal 0, wait_exit.exitstatus
+    assert a.closed?
+  end
+end
+
+# The loader's own module, loaded into this process (its main does not run).
+module LoadsLoader
+  def loader
+    load LOADER unless defined?(PassengerRackLoader)
+    PassengerRackLoader
+  end
+end
+
+# The raw response head an app writes after a full hijack, taken apart.
+class TestHijackedHeads < Minitest::Test
+  include LoadsLoader
+
+  def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  def app_stream(written)
+    app, ours = UNIXSocket.pair
+    app.write(written)
+    [loader::AppStream.new(ours), app]
+  end
+
+  def test_head_deadline_and_size_limit
+    stream, app = app_stream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n")
+    e = assert_raises(loader::HijackError) { stream.read_head(now + 0.2) } # the app is silent, not gone
+    assert_equal 'no complete response head within 30 s', e.message
+    app.close
+    stream, app = app_stream("HTTP/1.1 200 OK\r\n#{"X-Big: #{'b' * 1000}\r\n" * 70}\r\n")
+    e = assert_raises(loader::HijackError) { stream.read_head(now + 5) }
+    assert_equal 'the response head exceeds 64 KiB', e.message
+    app.close
+    stream, app = app_stream("HTTP/1.1 101 Switching Protocols\n\nfirst bytes")
+    assert_equal "HTTP/1.1 101 Switching Protocols\n\n", stream.read_head(now + 5)
+    app.close
+    assert_equal ['first bytes', nil], [stream.read_some(65_536), stream.read_some(65_536)]
+  end
+
+  def test_parse_head
+    l = loader
+    assert_equal [101, '', [%w[Upgrade websocket]]], l.parse_head("HTTP/1.1 101\r\nUpgrade:  websocket \r\n\r\n")
+    {
+      "HTTP/1.1 100 Continue\r\n\r\n" => 'status 100 is not a final response (nor 101)',
+      "HTTP/2 200 OK\r\n\r\n" => 'invalid status line "HTTP/2 200 OK"',
+      "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n" => 'invalid header line " folded"',
+      "HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n" => 'invalid header line "Bad Name: 1"'
+    }.each do |head, message|
+      e = assert_raises(l::HijackError, head) { l.parse_head(head) }
+      assert_equal message, e.message
+    end
+  end
+
+  def test_relayed_framing
+    l = loader
+    assert_equal [0, [%w[Content-Length 5]]], l.relayed_framing(200, [%w[Content-Length 5]], true) # HEAD
+    assert_equal [0, []], l.relayed_framing(304, [%w[Connection keep-alive]], false)
+    assert_equal [5, [%w[content-length 5], %w[Content-Length 5]]],
+                 l.relayed_framing(200, [%w[content-length 5], %w[Content-Length 5]], false)
+    assert_equal [:eof, []], l.relayed_framing(200, [%w[Transfer-Encoding gzip]], false)
+    e = assert_raises(l::HijackError) { l.relayed_framing(200, [%w[Content-Length 5], %w[Content-Length 6]], false) }
+    assert_equal 'invalid Content-Length "5, 6"', e.message
+  end
+end
+
 class TestVectors < Minitest::Test
+  include LoadsLoader
+
   def doc = JSON.parse(File.read(VECTORS))
 
   def test_own_codec_matches_vectors
@@ -1815,11 +2272,6 @@ class TestVectors < Minitest::Test
         assert_equal vec['error'], e.kind, vec['name']
       end
     end
-  end
-
-  def loader
-    load LOADER unless defined?(PassengerRackLoader)
-    PassengerRackLoader
   end
 
   # Reads one frame with the loader's reader: [type, rid, payload] or nil;
@@ -1869,14 +2321,16 @@ class TestVectors < Minitest::Test
         assert_equal data, l.frame(l::T_SPAWN_ERROR, rid, l.encode_bytes(fields[:summary]) +
                                                           l.encode_bytes(fields[:details]))
       when 'RESPONSE'
-        if vec['reason'] == 'No Content' || vec['status'] == 200
+        rid4 = [rid].pack('N')
+        if vec['reason'] == 'No Content' || [101, 200].include?(vec['status'])
           grouped = {}
           vec['headers'].each { |n, v| (grouped[n] ||= []) << v }
           rack2 = grouped.transform_values { |vs| vs.join("\n") }
-          rid4 = [rid].pack('N')
           assert_equal data, l.encode_head(rid4, vec['status'], rack2), vec['name']
           assert_equal data, l.encode_head(rid4, vec['status'], grouped), vec['name']
         end
+        # a relayed head (rack.hijack) keeps the app's own reason phrase
+        assert_equal data, l.encode_head(rid4, vec['status'], vec['headers'], vec['reason'].b), vec['name']
       when 'ERROR'
         assert_equal data, l.error_frame(vec['code'], vec['message'], rid)
       when 'FORKED'

@@ -170,7 +170,7 @@ def vec_decode(data):
     r.done()
     if name == 'HELLO' and fields['role'] not in (1, 2, 3):
         raise VecError('malformed', 'role')
-    if name == 'REQUEST' and fields['flags'] & ~3:
+    if name == 'REQUEST' and (fields['flags'] & ~7 or fields['flags'] & 5 == 5):
         raise VecError('malformed', 'flags')
     if name == 'ERROR':
         try:
@@ -736,6 +736,16 @@ class TestRequests(LoaderTestCase):
             self.assertEqual(self.get('/hello', conn=c).body, b'hello')
             c.close()
 
+    def test_upgrade_request_is_answered_like_any_other(self):
+        # WSGI cannot switch protocols: the app sees the headers and answers.
+        env = default_env('GET', '/environ') + [
+            ('HTTP_UPGRADE', 'websocket'), ('HTTP_CONNECTION', 'Upgrade')]
+        res = do_request(self.c, 3, env, flags=0x04)
+        self.assertEqual(res.status, 200, res.body)
+        e = json.loads(res.body.decode('ascii'))
+        self.assertEqual((e['HTTP_UPGRADE'], e['HTTP_CONNECTION']), ('websocket', 'Upgrade'))
+        self.assertEqual(self.get('/hello', rid=4).body, b'hello')
+
     def test_environ(self):
         env = default_env('POST', '/caf\xc3\xa9')  # as latin-1 text: the bytes c3 a9
         env = [(n, v) for n, v in env if n != 'SERVER_PORT']
@@ -1014,7 +1024,8 @@ class TestRequests(LoaderTestCase):
             (HEADER.pack(b'MP', 2, PING, 0, 0), 1),  # version 2
             (HEADER.pack(b'MP', 1, BODY, 1, MAX_PAYLOAD + 1), 400),  # too large
             (frame(PING, 0, b'x'), 400),  # PING with a payload
-            (frame(REQUEST, 1, b'\x04' + enc_pairs([]) + enc_pairs([])), 400),  # unknown flag
+            (frame(REQUEST, 1, b'\x08' + enc_pairs([]) + enc_pairs([])), 400),  # unknown flag
+            (frame(REQUEST, 1, b'\x05' + enc_pairs([]) + enc_pairs([])), 400),  # upgrade + body
             (frame(REQUEST, 1, b'\x00' + u32(0xffffffff)), 400),  # pair count lies
             (frame(REQUEST, 1, b'\x00' + enc_pairs([]) + enc_pairs([]) + b'x'), 400),  # trailing
             (frame(BODY, 1, b'x'), 400),  # BODY outside a request

@@ -95,6 +95,10 @@ FIXED_PAYLOAD_LEN = {
 
 FLAG_HAS_BODY = 0x01
 FLAG_HTTPS = 0x02
+# The client asks to switch protocols. WSGI has no way to switch, so such a
+# request is answered like any other (the app sees HTTP_UPGRADE and may
+# answer 426 or 400).
+FLAG_UPGRADE = 0x04
 
 # ERROR codes we send. 1 is fixed by the spec; the others are HTTP statuses.
 ERROR_UNSUPPORTED_VERSION = 1
@@ -274,8 +278,10 @@ def decode_request(payload):
     if end < 1:
         raise ProtocolError('empty REQUEST payload')
     flags = payload[0]
-    if flags & ~(FLAG_HAS_BODY | FLAG_HTTPS):
+    if flags & ~(FLAG_HAS_BODY | FLAG_HTTPS | FLAG_UPGRADE):
         raise ProtocolError('unknown REQUEST flags 0x%02x' % flags)
+    if flags & FLAG_UPGRADE and flags & FLAG_HAS_BODY:
+        raise ProtocolError('an upgrade REQUEST cannot have a body')
     text = payload.decode('latin-1')
     env = {}
     off = _skip_pairs(payload, 1, end)  # options: validated, ignored

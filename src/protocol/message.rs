@@ -23,8 +23,13 @@ pub const REQUEST_HAS_BODY: u8 = 0x01;
 /// `REQUEST` flag: the client connection is HTTPS.
 pub const REQUEST_HTTPS: u8 = 0x02;
 
+/// `REQUEST` flag: the client asks to switch protocols (a WebSocket); a
+/// `RESPONSE` 101 turns the connection into a two-way tunnel. Never set
+/// together with [`REQUEST_HAS_BODY`].
+pub const REQUEST_UPGRADE: u8 = 0x04;
+
 /// All `REQUEST` flags this version defines; other bits must be zero.
-const REQUEST_KNOWN_FLAGS: u8 = REQUEST_HAS_BODY | REQUEST_HTTPS;
+const REQUEST_KNOWN_FLAGS: u8 = REQUEST_HAS_BODY | REQUEST_HTTPS | REQUEST_UPGRADE;
 
 /// `ERROR` code a peer sends before closing when it receives a frame with
 /// another protocol version.
@@ -62,7 +67,8 @@ impl TryFrom<u8> for Role {
 /// The payload of a `REQUEST` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
-    /// [`REQUEST_HAS_BODY`] and/or [`REQUEST_HTTPS`]; other bits are zero.
+    /// [`REQUEST_HAS_BODY`], [`REQUEST_HTTPS`], [`REQUEST_UPGRADE`]; other
+    /// bits are zero.
     pub flags: u8,
     /// The application's settings keyed by directive name
     /// (`PassengerAppRoot`, …); only set values. Empty from agent to app.
@@ -80,6 +86,11 @@ impl RequestHead {
     /// Whether the client connection is HTTPS.
     pub fn is_https(&self) -> bool {
         self.flags & REQUEST_HTTPS != 0
+    }
+
+    /// Whether the client asks to switch protocols.
+    pub fn is_upgrade(&self) -> bool {
+        self.flags & REQUEST_UPGRADE != 0
     }
 }
 
@@ -347,6 +358,9 @@ impl Message {
                 let flags = r.u8()?;
                 if flags & !REQUEST_KNOWN_FLAGS != 0 {
                     return Err(Error::Malformed("unknown REQUEST flags"));
+                }
+                if flags & REQUEST_UPGRADE != 0 && flags & REQUEST_HAS_BODY != 0 {
+                    return Err(Error::Malformed("an upgrade REQUEST cannot have a body"));
                 }
                 Message::Request(RequestHead {
                     flags,
@@ -799,10 +813,15 @@ mod tests {
         }
         assert!(Role::try_from(0).is_err());
         assert_eq!(Role::try_from(2).unwrap(), Role::Control);
-        let payload = [&[0x04u8][..], &[0; 8]].concat();
+        let payload = [&[0x08u8][..], &[0; 8]].concat();
         assert_eq!(
             malformed(&raw(kind::REQUEST, &payload)),
             "unknown REQUEST flags"
+        );
+        let payload = [&[REQUEST_UPGRADE | REQUEST_HAS_BODY][..], &[0; 8]].concat();
+        assert_eq!(
+            malformed(&raw(kind::REQUEST, &payload)),
+            "an upgrade REQUEST cannot have a body"
         );
         assert_eq!(
             malformed(&raw(kind::ERROR, b"\x01\xf4\0\0\0\x02\xff\xfe")),

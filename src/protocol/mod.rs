@@ -65,8 +65,8 @@ pub use frame::{
     kind_name,
 };
 pub use message::{
-    ERROR_UNSUPPORTED_VERSION, Message, Pairs, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead,
-    ResponseHead, Role, encode_body_header, encode_request, parse_frame,
+    ERROR_UNSUPPORTED_VERSION, Message, Pairs, REQUEST_HAS_BODY, REQUEST_HTTPS, REQUEST_UPGRADE,
+    RequestHead, ResponseHead, Role, encode_body_header, encode_request, parse_frame,
 };
 pub use pairs::PairList;
 
