@@ -14,4 +14,5 @@ mod smart;
 mod status;
 mod suburi;
 mod users;
+mod websocket;
 mod wsgi;

@@ -116,7 +116,38 @@ typedef struct mp_request_io {
     /* Returns non-zero when the client has closed its connection (checked
      * while the request waits for the application; never blocks). */
     int32_t (*client_gone)(void *ctx);
+    /* Switches the client connection to the protocol the app agreed to
+     * (a WebSocket): sends the interim response `status` (101) with
+     * `headers` as they are, takes the connection out of HTTP (no
+     * keep-alive, no request read timeouts, connection filters only) and
+     * returns the client socket's file descriptor for polling, or -1. After
+     * it, only tunnel_read and tunnel_write are called. */
+    int32_t (*tunnel_open)(void *ctx, uint32_t status, mp_str reason, const mp_pair *headers,
+                           size_t headers_len);
+    /* Reads tunnelled bytes from the client without blocking: the count, 0
+     * at the end of the client's stream, MP_TUNNEL_AGAIN when nothing is
+     * ready yet, -1 on an error. */
+    int64_t (*tunnel_read)(void *ctx, uint8_t *buf, size_t len);
+    /* Hands tunnelled bytes (at most MP_TUNNEL_WRITE_MAX) to the client
+     * connection without blocking: what the socket does not take now stays
+     * with Apache. Returns 0 when everything was written, 1 when bytes are
+     * pending (poll the client socket for writing, then call tunnel_flush;
+     * call tunnel_write only when nothing is pending), -1 if the client is
+     * gone. */
+    int32_t (*tunnel_write)(void *ctx, const uint8_t *buf, size_t len);
+    /* Writes what is pending without blocking; returns as tunnel_write. */
+    int32_t (*tunnel_flush)(void *ctx);
+    /* Returns non-zero when Apache has closed the client connection itself
+     * (a child stopping closes its connections). Never blocks. */
+    int32_t (*tunnel_closed)(void *ctx);
 } mp_request_io;
+
+/* The most tunnel_write takes in one call: with nothing pending before it,
+ * Apache keeps the rest without ever blocking. */
+#define MP_TUNNEL_WRITE_MAX 16384
+
+/* tunnel_read: no bytes are ready; poll the client socket and call again. */
+#define MP_TUNNEL_AGAIN (-2)
 
 /* The Rust side's decision about one request, with the request's location
  * config (opaque). */

@@ -5,7 +5,9 @@
  */
 
 #include "httpd.h"
+#include <errno.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include "http_config.h"
 #include "http_core.h"
@@ -26,6 +28,8 @@ APLOG_USE_MODULE(passenger);
 typedef struct mp_io_ctx {
     request_rec *r;
     apr_bucket_brigade *bb; /* response bytes not yet passed down the filter chain */
+    int tunnel;             /* the connection was switched to another protocol */
+    apr_bucket_brigade *tunnel_in; /* the client's tunnelled bytes, one read at a time */
 } mp_io_ctx;
 
 static mp_str mp_str_of(const char *s)
@@ -163,6 +167,138 @@ static int32_t mp_client_gone(void *vctx)
     return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
+/* ------------------------------------------------------ tunnel callbacks -- */
+
+/* The interim response goes out as the app wrote it, then the connection
+ * leaves HTTP: it will be closed after the tunnel, mod_reqtimeout must not
+ * time out a quiet WebSocket, and the request's filters (HTTP headers,
+ * chunking, compression) must not touch the tunnelled bytes, nor the end
+ * of the request that Apache finalizes after the handler. */
+static int32_t mp_tunnel_open(void *vctx, uint32_t status, mp_str reason, const mp_pair *headers,
+                              size_t headers_len)
+{
+    mp_io_ctx *ctx = vctx;
+    request_rec *r = ctx->r;
+    conn_rec *c = r->connection;
+    apr_socket_t *sock = ap_get_conn_socket(c);
+    apr_os_sock_t fd;
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+        return -1;
+    }
+    r->status = (int)status;
+    r->status_line = apr_psprintf(r->pool, "%u %.*s", status, (int)reason.len, reason.ptr);
+    apr_table_clear(r->headers_out);
+    for (size_t i = 0; i < headers_len; i++) {
+        apr_table_add(r->headers_out,
+                      apr_pstrmemdup(r->pool, headers[i].name.ptr, headers[i].name.len),
+                      apr_pstrmemdup(r->pool, headers[i].value.ptr, headers[i].value.len));
+    }
+    ap_send_interim_response(r, 1);
+
+    ctx->tunnel = 1;
+    ctx->tunnel_in = apr_brigade_create(r->pool, c->bucket_alloc);
+    c->keepalive = AP_CONN_CLOSE;
+    ap_remove_input_filter_byhandle(c->input_filters, "reqtimeout");
+    /* It would hold small writes back until more come. */
+    ap_remove_output_filter_byhandle(c->output_filters, "SSL/TLS Coalescing Filter");
+    r->output_filters = r->proto_output_filters = c->output_filters;
+    r->input_filters = r->proto_input_filters = c->input_filters;
+    return c->aborted ? -1 : (int32_t)fd;
+}
+
+static int64_t mp_tunnel_read(void *vctx, uint8_t *buf, size_t len)
+{
+    mp_io_ctx *ctx = vctx;
+    conn_rec *c = ctx->r->connection;
+    apr_bucket_brigade *bb = ctx->tunnel_in;
+    apr_status_t rv = ap_get_brigade(c->input_filters, bb, AP_MODE_READBYTES, APR_NONBLOCK_READ,
+                                     (apr_off_t)len);
+    if (APR_STATUS_IS_EAGAIN(rv)) {
+        apr_brigade_cleanup(bb);
+        return MP_TUNNEL_AGAIN;
+    }
+    if (APR_STATUS_IS_EOF(rv)) {
+        apr_brigade_cleanup(bb);
+        return 0;
+    }
+    apr_size_t n = len;
+    if (rv == APR_SUCCESS) {
+        rv = apr_brigade_flatten(bb, (char *)buf, &n);
+    }
+    apr_brigade_cleanup(bb);
+    if (rv != APR_SUCCESS) {
+        return -1;
+    }
+    if (n > 0) {
+        return (int64_t)n;
+    }
+    /* The filters had nothing: either nothing has arrived, or (when the
+     * socket itself reads as closed) the client's stream has ended. */
+    apr_socket_t *sock = ap_get_conn_socket(c);
+    apr_os_sock_t fd;
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+        return -1;
+    }
+    char byte;
+    ssize_t peeked = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (peeked == 0) {
+        return 0;
+    }
+    if (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        return -1;
+    }
+    return MP_TUNNEL_AGAIN;
+}
+
+/* Writes what Apache holds for the client without blocking, the way the
+ * event MPM completes writes: the last filter (the core's) called without a
+ * brigade. The filters above it (TLS) have already done their part. */
+static int32_t mp_tunnel_flush(void *vctx)
+{
+    mp_io_ctx *ctx = vctx;
+    conn_rec *c = ctx->r->connection;
+    ap_filter_t *core = c->output_filters;
+    while (core->next) {
+        core = core->next;
+    }
+    if (core->frec->filter_func.out_func(core, NULL) != APR_SUCCESS || c->aborted) {
+        return -1;
+    }
+    return c->data_in_output_filters ? 1 : 0;
+}
+
+/* `apachectl stop` makes a child close the connections its threads serve;
+ * a closed APR socket has no descriptor left. */
+static int32_t mp_tunnel_closed(void *vctx)
+{
+    mp_io_ctx *ctx = vctx;
+    conn_rec *c = ctx->r->connection;
+    apr_socket_t *sock = ap_get_conn_socket(c);
+    apr_os_sock_t fd;
+    return c->aborted || !sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS || fd < 0;
+}
+
+/* No FLUSH bucket: that would block. The core filter writes what it can
+ * and keeps the rest; with nothing pending before (the caller's rule) and
+ * at most MP_TUNNEL_WRITE_MAX bytes, it stays below the amount at which it
+ * would block. */
+static int32_t mp_tunnel_write(void *vctx, const uint8_t *buf, size_t len)
+{
+    mp_io_ctx *ctx = vctx;
+    conn_rec *c = ctx->r->connection;
+    if (c->aborted || len > MP_TUNNEL_WRITE_MAX) {
+        return -1;
+    }
+    apr_bucket_brigade *bb = ctx->bb;
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create((const char *)buf, len, c->bucket_alloc));
+    apr_status_t rv = ap_pass_brigade(c->output_filters, bb);
+    apr_brigade_cleanup(bb);
+    if (rv != APR_SUCCESS || c->aborted) {
+        return -1;
+    }
+    return mp_tunnel_flush(vctx);
+}
+
 /* -------------------------------------------------------------- handler -- */
 
 int mp_bridge_handle(request_rec *r, mp_request_state *state)
@@ -175,10 +311,18 @@ int mp_bridge_handle(request_rec *r, mp_request_state *state)
     mp_bridge_describe_request(r, state, &req, 1);
     req.has_body = ap_should_client_block(r);
 
-    mp_io_ctx ctx = {r, apr_brigade_create(r->pool, r->connection->bucket_alloc)};
-    mp_request_io io = {&ctx, mp_read_body, mp_send_head, mp_write_body, mp_client_gone};
+    mp_io_ctx ctx = {r, apr_brigade_create(r->pool, r->connection->bucket_alloc), 0, NULL};
+    mp_request_io io = {&ctx,           mp_read_body,   mp_send_head,   mp_write_body,
+                        mp_client_gone, mp_tunnel_open, mp_tunnel_read, mp_tunnel_write,
+                        mp_tunnel_flush, mp_tunnel_closed};
     uint32_t http_status = HTTP_INTERNAL_SERVER_ERROR;
     mp_status st = mp_handle_request(state->match, &req, &io, &http_status);
+
+    if (ctx.tunnel) {
+        /* The connection spoke another protocol and is closed next; there
+         * is no HTTP response left to finish. */
+        return DONE;
+    }
 
     if (st == MP_OK) {
         APR_BRIGADE_INSERT_TAIL(ctx.bb, apr_bucket_eos_create(r->connection->bucket_alloc));

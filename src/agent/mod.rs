@@ -22,6 +22,7 @@ pub mod instance;
 pub mod prestart;
 pub mod server;
 pub mod session;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::Arc;

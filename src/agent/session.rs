@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::Agent;
 use crate::agent::error_page::{self, Page, RequestKind};
+use crate::agent::tunnel::{self, Ended};
 use crate::config::{AppOptions, ServerConfig};
 use crate::pool::{AppConnection, CheckoutError, Lease};
 use crate::protocol::{self, Connection, Message, PairList, RequestHead, Role};
@@ -264,6 +265,7 @@ fn serve_request(
         env,
     } = head;
     let has_body = flags & crate::protocol::REQUEST_HAS_BODY != 0;
+    let upgrade = flags & crate::protocol::REQUEST_UPGRADE != 0;
     let (prefix, mut body) = if has_body {
         read_prefix(module, id)?
     } else {
@@ -316,12 +318,23 @@ fn serve_request(
             &mut lease,
             id,
             &request_frame,
-            has_body,
-            &prefix,
+            Sent {
+                has_body,
+                upgrade,
+                prefix: &prefix,
+            },
             &mut body,
             &mut outcome,
             deadline,
         ) {
+            Ok(()) if outcome.tunneled => {
+                // Neither connection carries another request: the module's
+                // end is read next, and closes it quietly.
+                lease.discard_connection();
+                lease.finish();
+                let _ = module.get_ref().shutdown(std::net::Shutdown::Both);
+                return Ok(());
+            }
             Ok(()) => {
                 if outcome.oob {
                     lease.request_oob();
@@ -377,6 +390,17 @@ fn serve_request(
 /// How many processes one request may try when they fail before answering.
 const MAX_ATTEMPTS: u32 = 3;
 
+/// What goes to the app with the request frame, and what it asked for.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    /// A body follows the request.
+    has_body: bool,
+    /// The client asked to switch protocols.
+    upgrade: bool,
+    /// The body prefix.
+    prefix: &'a [Vec<u8>],
+}
+
 /// Sends the request to the lease's process and relays the answer. A reused
 /// connection the app has closed since is retried once on a fresh one.
 #[allow(clippy::too_many_arguments)]
@@ -385,8 +409,7 @@ fn dispatch(
     lease: &mut Lease,
     id: u32,
     request_frame: &[u8],
-    has_body: bool,
-    prefix: &[Vec<u8>],
+    sent: Sent,
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
     deadline: Option<Instant>,
@@ -401,9 +424,9 @@ fn dispatch(
         let app = lease
             .connection()
             .map_err(|e| broken(format!("cannot connect: {e}")))?;
-        let result = send_request(app, id, request_frame, has_body, prefix, body)
+        let result = send_request(app, id, request_frame, sent.has_body, sent.prefix, body)
             .map_err(|e| broken(e.to_string()))
-            .and_then(|()| relay(module, app, id, body, outcome, deadline));
+            .and_then(|()| relay(module, app, id, sent.upgrade, body, outcome, deadline));
         match result {
             Err(Relay::AppBroken {
                 answered: false, ..
@@ -478,6 +501,8 @@ struct RelayOutcome {
     /// Body beyond the prefix was pulled from the module: the request
     /// cannot be replayed on another process.
     body_pulled: bool,
+    /// The app switched protocols and the tunnel is over.
+    tunneled: bool,
 }
 
 /// How relaying can fail.
@@ -493,11 +518,14 @@ enum Relay {
     },
 }
 
-/// Relays frames between the app and the module until the response ends.
+/// Relays frames between the app and the module until the response ends,
+/// or, after a 101 to a request that asked to `upgrade`, until the tunnel
+/// ends.
 fn relay(
     module: &mut ModuleConnection,
     app: &mut AppConnection,
     id: u32,
+    upgrade: bool,
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
     deadline: Option<Instant>,
@@ -577,6 +605,23 @@ fn relay(
                         .iter()
                         .filter(|(name, _)| !name.starts_with(b"!~"))
                         .collect();
+                }
+                if response.status == 101 {
+                    if !upgrade {
+                        return Err(broken(
+                            true,
+                            "the app switched protocols (101) on a request that did not ask to"
+                                .into(),
+                        ));
+                    }
+                    module
+                        .send(id, &Message::Response(response))
+                        .map_err(Relay::Module)?;
+                    outcome.tunneled = true;
+                    if let Ended::Broken(e) = tunnel::run(module, app, id) {
+                        log::debug!(target: "MP0711", "a tunnel of request {id} ended early: {e}");
+                    }
+                    return Ok(());
                 }
                 module.queue(id, &Message::Response(response));
                 if !app.has_buffered_input() {

@@ -6,15 +6,17 @@
 //! written in `ffi/passenger_ffi.h`.
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::raw::c_char;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use super::boundary::write_message;
-use super::{mp_dir_config, mp_server_config};
 use super::{
-    mp_log_fn, mp_match, mp_pair, mp_request, mp_request_io, mp_startup_info, mp_status, mp_str,
+    MP_TUNNEL_AGAIN, mp_log_fn, mp_match, mp_pair, mp_request, mp_request_io, mp_startup_info,
+    mp_status, mp_str,
 };
+use super::{mp_dir_config, mp_server_config};
 use crate::config::DirConfig;
 use crate::module::handler::{self, Outcome, RequestIo};
 use crate::module::lifecycle::{self, StartupInfo};
@@ -271,6 +273,26 @@ unsafe fn request_info<'a>(req: &'a mp_request) -> RequestInfo<'a> {
     }
 }
 
+/// tunnel_write's and tunnel_flush's answer: bytes pending, or the client gone.
+fn pending_or_gone(rc: i32) -> io::Result<bool> {
+    match rc {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+    }
+}
+
+/// `headers` as the shim's pairs, borrowing the bytes.
+fn borrow_pairs(headers: &[(&[u8], &[u8])]) -> Vec<mp_pair> {
+    headers
+        .iter()
+        .map(|(n, v)| mp_pair {
+            name: mp_str::borrow(n),
+            value: mp_str::borrow(v),
+        })
+        .collect()
+}
+
 /// [`RequestIo`] over the shim's callback table.
 struct Bridge<'a> {
     io: &'a mp_request_io,
@@ -297,13 +319,7 @@ impl RequestIo for Bridge<'_> {
         let Some(send) = self.io.send_head else {
             return Err(io::Error::other("no send_head"));
         };
-        let pairs: Vec<mp_pair> = headers
-            .iter()
-            .map(|(n, v)| mp_pair {
-                name: mp_str::borrow(n),
-                value: mp_str::borrow(v),
-            })
-            .collect();
+        let pairs = borrow_pairs(headers);
         // SAFETY: the pairs borrow `headers`, alive for the call; the shim copies them.
         let rc = unsafe {
             send(
@@ -328,6 +344,77 @@ impl RequestIo for Bridge<'_> {
         // SAFETY: the callback only polls the client socket; ctx is the
         // shim's, valid during mp_handle_request.
         unsafe { gone(self.io.ctx) != 0 }
+    }
+
+    fn open_tunnel(
+        &mut self,
+        status: u16,
+        reason: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> io::Result<OwnedFd> {
+        let Some(open) = self.io.tunnel_open else {
+            return Err(io::Error::other("no tunnel_open"));
+        };
+        let pairs = borrow_pairs(headers);
+        // SAFETY: the pairs borrow `headers`, alive for the call; the shim
+        // copies them before it returns.
+        let fd = unsafe {
+            open(
+                self.io.ctx,
+                u32::from(status),
+                mp_str::borrow(reason),
+                pairs.as_ptr(),
+                pairs.len(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::other(
+                "the connection could not switch protocols",
+            ));
+        }
+        // SAFETY: the shim returned the client socket, open until the
+        // request ends; the duplicate made here is ours to close.
+        unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+    }
+
+    fn tunnel_read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let Some(read) = self.io.tunnel_read else {
+            return Err(io::Error::other("no tunnel_read"));
+        };
+        // SAFETY: the callback reads at most buf.len() bytes into buf; ctx is
+        // the shim's, valid during mp_handle_request.
+        let n = unsafe { read(self.io.ctx, buf.as_mut_ptr(), buf.len()) };
+        match n {
+            n if n == i64::from(MP_TUNNEL_AGAIN) => Ok(None),
+            n => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| io::Error::from(io::ErrorKind::ConnectionReset)),
+        }
+    }
+
+    fn tunnel_write(&mut self, data: &[u8]) -> io::Result<bool> {
+        let Some(write) = self.io.tunnel_write else {
+            return Err(io::Error::other("no tunnel_write"));
+        };
+        // SAFETY: data is valid for the call; the shim copies what it keeps.
+        pending_or_gone(unsafe { write(self.io.ctx, data.as_ptr(), data.len()) })
+    }
+
+    fn tunnel_flush(&mut self) -> io::Result<bool> {
+        let Some(flush) = self.io.tunnel_flush else {
+            return Err(io::Error::other("no tunnel_flush"));
+        };
+        // SAFETY: ctx is the shim's, valid during mp_handle_request.
+        pending_or_gone(unsafe { flush(self.io.ctx) })
+    }
+
+    fn tunnel_closed(&mut self) -> bool {
+        let Some(closed) = self.io.tunnel_closed else {
+            return false;
+        };
+        // SAFETY: the callback only looks at the connection; ctx is the
+        // shim's, valid during mp_handle_request.
+        unsafe { closed(self.io.ctx) != 0 }
     }
 
     fn write_body(&mut self, data: &[u8], flush: bool) -> io::Result<()> {

@@ -11,19 +11,29 @@
 //!     ERROR        -> before RESPONSE: answer with its status; after: abort
 //! ```
 //!
+//! A `RESPONSE` 101 to a request that asked to upgrade turns both
+//! connections into a tunnel ([`tunnel`]); the agent connection is closed
+//! after it.
+//!
 //! A request on a reused connection that fails before the agent answered
 //! anything is retried once on a fresh connection (the agent may have been
 //! restarted), as long as the client's body was not consumed past the
 //! prefix we still hold.
 
 use std::io;
+use std::os::fd::OwnedFd;
 
 use crate::module::client::{self, AgentConnection};
+use crate::module::tunnel;
 use crate::protocol::{MAX_BODY_CHUNK, Message, RequestHead, ResponseHead, Role};
 
 /// The request id on the agent connection: one request at a time, so a
 /// constant does; a frame with another id means the connection is out of step.
-const ID: u32 = 1;
+pub(crate) const ID: u32 = 1;
+
+/// The most [`RequestIo::tunnel_write`] takes at once (the shim's
+/// `MP_TUNNEL_WRITE_MAX`).
+pub const TUNNEL_WRITE_MAX: usize = crate::ffi::MP_TUNNEL_WRITE_MAX as usize;
 
 /// How Rust moves a request's bytes through Apache.
 pub trait RequestIo {
@@ -40,6 +50,30 @@ pub trait RequestIo {
     fn write_body(&mut self, data: &[u8], flush: bool) -> io::Result<()>;
     /// Whether the client has closed its connection (never blocks).
     fn client_gone(&mut self) -> bool;
+    /// Switches the client connection to the app's protocol: sends the
+    /// interim response (101) with `headers` as they are, and returns a
+    /// duplicate of the client socket for polling. Only the tunnel methods
+    /// follow.
+    fn open_tunnel(
+        &mut self,
+        status: u16,
+        reason: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> io::Result<OwnedFd>;
+    /// Reads tunnelled client bytes without blocking: `Ok(Some(0))` at the
+    /// end of the client's stream, `Ok(None)` when nothing is ready.
+    fn tunnel_read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Hands at most [`TUNNEL_WRITE_MAX`] tunnelled bytes to the client
+    /// without blocking; `Ok(true)` when some are still pending (wait until
+    /// the client socket is writable, then [`RequestIo::tunnel_flush`]).
+    /// Called only when nothing is pending.
+    fn tunnel_write(&mut self, data: &[u8]) -> io::Result<bool>;
+    /// Writes pending tunnelled bytes without blocking; `Ok(true)` when
+    /// some are still pending.
+    fn tunnel_flush(&mut self) -> io::Result<bool>;
+    /// Whether Apache closed the client connection itself (a child that
+    /// is stopping does). Never blocks.
+    fn tunnel_closed(&mut self) -> bool;
 }
 
 /// How a request ended.
@@ -83,6 +117,7 @@ pub fn handle(
         return Outcome::Failed(400);
     }
     // Encoded once: a retry on a fresh connection sends the same bytes.
+    let upgrade = head.is_upgrade();
     let mut request_frame = Vec::new();
     Message::Request(head).encode(ID, &mut request_frame);
     let mut retried = false;
@@ -100,8 +135,11 @@ pub fn handle(
         match exchange(
             &mut conn,
             &request_frame,
-            has_body,
-            error_override,
+            Asked {
+                has_body,
+                upgrade,
+                error_override,
+            },
             &mut body,
             io,
         ) {
@@ -146,15 +184,30 @@ fn read_prefix(io: &mut dyn RequestIo, body: &mut Body) -> io::Result<()> {
     Ok(())
 }
 
+/// What the request asked for, beyond its frame.
+#[derive(Clone, Copy)]
+struct Asked {
+    /// A body follows the request.
+    has_body: bool,
+    /// The client asked to switch protocols.
+    upgrade: bool,
+    /// PassengerErrorOverride.
+    error_override: bool,
+}
+
 /// Sends the request and relays frames until the request ends.
 fn exchange(
     conn: &mut AgentConnection,
     request_frame: &[u8],
-    has_body: bool,
-    error_override: bool,
+    asked: Asked,
     body: &mut Body,
     io: &mut dyn RequestIo,
 ) -> Exchange {
+    let Asked {
+        has_body,
+        upgrade,
+        error_override,
+    } = asked;
     conn.queue_encoded(request_frame);
     if has_body {
         if !body.prefix.is_empty()
@@ -256,6 +309,17 @@ fn exchange(
                     reason,
                     headers,
                 } = response;
+                if status == 101 {
+                    if !upgrade {
+                        log::error!(target: "MP0209", "the app switched protocols (101) on a request that did not ask to");
+                        return finish_broken(false);
+                    }
+                    let headers: Vec<(&[u8], &[u8])> = headers
+                        .iter()
+                        .filter(|(name, _)| !name.starts_with(b"!~"))
+                        .collect();
+                    return Exchange::Finished(tunnel::run(conn, io, &reason, &headers), false);
+                }
                 if error_override && status >= 400 {
                     overridden = Some(status);
                     continue;

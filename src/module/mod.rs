@@ -11,6 +11,7 @@ pub mod handler;
 pub mod lifecycle;
 pub mod matcher;
 pub mod request;
+pub mod tunnel;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -11,7 +11,7 @@ use crate::config::DirConfig;
 use crate::module::matcher::Match;
 use std::borrow::Cow;
 
-use crate::protocol::{PairList, REQUEST_HAS_BODY, REQUEST_HTTPS, RequestHead};
+use crate::protocol::{PairList, REQUEST_HAS_BODY, REQUEST_HTTPS, REQUEST_UPGRADE, RequestHead};
 
 /// A request as the shim describes it, borrowed for one call.
 #[derive(Debug, Default)]
@@ -143,6 +143,9 @@ pub fn build_request(
     if req.is_https {
         flags |= REQUEST_HTTPS;
     }
+    if asks_to_upgrade(req) {
+        flags |= REQUEST_UPGRADE;
+    }
     RequestHead {
         flags,
         options: app_options(dir, m),
@@ -188,6 +191,26 @@ fn app_options(dir: &DirConfig, m: &Match) -> PairList {
     options
 }
 
+/// Whether the client asks to switch protocols (RFC 9110 §7.8): an
+/// HTTP/1.1 request without a body, with an `Upgrade` header and the
+/// `upgrade` token in `Connection`. HTTP/2 has no such mechanism.
+fn asks_to_upgrade(req: &RequestInfo) -> bool {
+    fn header<'a>(req: &'a RequestInfo, wanted: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        req.headers
+            .iter()
+            .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted))
+            .map(|&(_, value)| value)
+    }
+    req.protocol == b"HTTP/1.1"
+        && !req.has_body
+        && header(req, b"upgrade").any(|value| !value.trim_ascii().is_empty())
+        && header(req, b"connection").any(|value| {
+            value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
 fn is_request_line_var(name: &[u8]) -> bool {
     matches!(name, b"REQUEST_METHOD" | b"QUERY_STRING" | b"REQUEST_URI")
 }
@@ -225,5 +248,35 @@ mod tests {
         assert_eq!(header_env_name(b"X.User"), None);
         assert_eq!(header_env_name(b"X User"), None);
         assert_eq!(header_env_name(b""), None);
+    }
+
+    #[test]
+    fn an_upgrade_needs_http_1_1_both_headers_and_no_body() {
+        let websocket: Vec<(&[u8], &[u8])> = vec![
+            (b"Host", b"example.org"),
+            (b"connection", b"keep-alive, Upgrade"),
+            (b"Upgrade", b"websocket"),
+        ];
+        let req =
+            |protocol: &'static [u8], headers: &[(&'static [u8], &'static [u8])], has_body| {
+                RequestInfo {
+                    protocol,
+                    headers: headers.to_vec(),
+                    has_body,
+                    ..RequestInfo::default()
+                }
+            };
+        assert!(asks_to_upgrade(&req(b"HTTP/1.1", &websocket, false)));
+        assert!(!asks_to_upgrade(&req(b"HTTP/1.0", &websocket, false)));
+        assert!(!asks_to_upgrade(&req(b"HTTP/2.0", &websocket, false)));
+        assert!(!asks_to_upgrade(&req(b"HTTP/1.1", &websocket, true)));
+        assert!(!asks_to_upgrade(&req(b"HTTP/1.1", &websocket[..2], false)));
+        let no_token = [
+            (&b"Connection"[..], &b"keep-alive, upgraded"[..]),
+            websocket[2],
+        ];
+        assert!(!asks_to_upgrade(&req(b"HTTP/1.1", &no_token, false)));
+        let empty_upgrade = [websocket[1], (&b"Upgrade"[..], &b" "[..])];
+        assert!(!asks_to_upgrade(&req(b"HTTP/1.1", &empty_upgrade, false)));
     }
 }
