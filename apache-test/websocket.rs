@@ -364,3 +364,114 @@ fn apache_stops_promptly_with_websockets_open() {
     );
     ws.assert_closed();
 }
+
+/// A WebSocket client over TLS, in Python (its standard `ssl` module):
+/// handshake, a text message, 1 MiB, and the closing handshake.
+const WSS_CLIENT: &str = r#"
+import base64, hashlib, os, socket, ssl, struct, sys
+port = int(sys.argv[1])
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+sock = context.wrap_socket(socket.create_connection(('127.0.0.1', port), timeout=20))
+key = base64.b64encode(os.urandom(16)).decode()
+sock.sendall(('GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n'
+              'Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n'
+              'Sec-WebSocket-Version: 13\r\n\r\n' % key).encode())
+buf = b''
+while b'\r\n\r\n' not in buf:
+    buf += sock.recv(4096)
+head, buf = buf.split(b'\r\n\r\n', 1)
+assert head.startswith(b'HTTP/1.1 101 '), head
+accept = base64.b64encode(hashlib.sha1((key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').encode()).digest())
+assert b'Sec-WebSocket-Accept: ' + accept in head, head
+
+def recv_exact(n):
+    global buf
+    while len(buf) < n:
+        data = sock.recv(65536)
+        assert data, 'closed early'
+        buf += data
+    out, buf = buf[:n], buf[n:]
+    return out
+
+def send(opcode, payload):
+    mask = os.urandom(4)
+    n = len(payload)
+    header = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
+        bytes([0x80 | 126]) + struct.pack('>H', n) if n < 65536 else
+        bytes([0x80 | 127]) + struct.pack('>Q', n))
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+def recv():
+    first, second = recv_exact(2)
+    n = second & 0x7f
+    if n == 126:
+        n = struct.unpack('>H', recv_exact(2))[0]
+    elif n == 127:
+        n = struct.unpack('>Q', recv_exact(8))[0]
+    return first & 0x0f, recv_exact(n)
+
+send(1, b'hello over TLS')
+assert recv() == (1, b'hello over TLS')
+big = os.urandom(1 << 20)
+send(2, big)
+assert recv() == (2, big)
+send(8, struct.pack('>H', 1000))
+assert recv() == (8, struct.pack('>H', 1000))
+print('ok')
+"#;
+
+#[test]
+fn websockets_work_over_tls() {
+    let keys = std::env::temp_dir().join(format!("mp-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&keys).unwrap();
+    let (cert, key) = (keys.join("cert.pem"), keys.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let global = "LoadModule ssl_module /usr/lib/apache2/modules/mod_ssl.so\n\
+        LoadModule socache_shmcb_module /usr/lib/apache2/modules/mod_socache_shmcb.so\n\
+        SSLSessionCache shmcb:{dir}/ssl_scache(512000)";
+    let tls = format!(
+        "SSLEngine on\nSSLCertificateFile {}\nSSLCertificateKeyFile {}",
+        cert.display(),
+        key.display()
+    );
+    for app in ["websocket-node", "websocket-rack"] {
+        let mut apache = serve_app(app, &tls, global);
+        // mod_ssl notes it was built against a newer OpenSSL than the
+        // machine's, which is Debian's business, not this test's.
+        apache.allow("AH01882");
+        let out = std::process::Command::new("python3")
+            .args(["-c", WSS_CLIENT, &apache.port.to_string()])
+            .output()
+            .expect("python3 runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{app}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            apache.error_log()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+}
