@@ -693,7 +693,7 @@ def run_comparison(args):
     quick = args.quick
     duration = 3 if quick else 10
     warmup = 2 if quick else 5
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else args.rounds
     only = set(args.only.split(',')) if args.only else None
     chosen = [t for t in targets() if not only or t.name in only]
     base = tempfile.mkdtemp(prefix='mp-bench-')
@@ -1392,6 +1392,9 @@ def main():
     parser.add_argument('file', nargs='?', help='markdown: the results JSON')
     parser.add_argument('--quick', action='store_true', default=os.environ.get('BENCH_QUICK') == '1',
                         help='3 s runs, 1 round (also BENCH_QUICK=1)')
+    parser.add_argument('--rounds', type=int, default=int(os.environ.get('BENCH_ROUNDS', '5')),
+                        help='rounds of every target, medians taken over them (default 5; also '
+                             'BENCH_ROUNDS): one 10 s window moves by up to 25 %% on a shared machine')
     parser.add_argument('--only', default=os.environ.get('BENCH_ONLY'),
                         help='comma-separated target names (also BENCH_ONLY)')
     parser.add_argument('--duration', type=int, default=int(os.environ.get('SOAK_SECONDS', '60')),
