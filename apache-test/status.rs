@@ -1,8 +1,9 @@
 //! `passenger-status` against a real Apache: the pool view names the app
 //! group and the process that served the request, `--show=json` gives the
-//! agent's document, any user may ask and sees only its own apps, and with
-//! no agent running it says so.
+//! agent's document, `--show=requests` the requests in flight, any user may
+//! ask and sees only its own apps, and with no agent running it says so.
 
+use std::io::{Read, Write};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,53 @@ fn show_json_gives_the_agents_document() {
             .unwrap()
             > 0
     );
+}
+
+#[test]
+fn show_requests_lists_the_requests_in_flight() {
+    let apache = serve_app("wsgi", "", "");
+    let pid = app_pid(&apache);
+    let port = apache.port;
+    let slow = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /slow?2 HTTP/1.1\r\nHost: in-flight.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    });
+    // The request is in the app for 2 s: find it there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let request = loop {
+        let out = passenger_status(&apache.dir.join("registry"), &["--show=requests"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["thread1"]["pid"], apache.agent_pid());
+        let found = doc["thread1"]["active_clients"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|c| c["current_request"]["path"] == "/slow?2")
+            .map(|c| c["current_request"].clone());
+        if let Some(request) = found {
+            break request;
+        }
+        assert!(Instant::now() < deadline, "not in flight: {doc:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["host"], "in-flight.test");
+    assert_eq!(request["state"], "WAITING_FOR_APP_OUTPUT");
+    assert_eq!(request["session"]["pid"], pid);
+    assert!(slow.join().unwrap().contains("200 OK"));
+    // Over: no longer in flight.
+    let out = passenger_status(&apache.dir.join("registry"), &["--show=server"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["thread1"]["requests_in_flight"], 0, "{doc:#}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `passenger-status`: what the agent of an Apache instance is running.
 //!
 //! ```text
-//! passenger-status [--show=pool|xml|json] [--instance-registry-dir DIR] [INSTANCE]
+//! passenger-status [--show=pool|xml|json|requests] [--instance-registry-dir DIR] [INSTANCE]
 //! ```
 //!
 //! Finds the instance directories under the registry directory (the
@@ -13,8 +13,10 @@
 //! prints it: `--show=pool` (the default) in the layout of the original's
 //! `passenger-status`, `--show=xml` as the original's `pool.xml` (the
 //! elements monitoring tools read; reference §8.5), `--show=json` as the
-//! agent's document. Anyone may ask: root sees every app, other users the
-//! apps that run as themselves.
+//! agent's document, `--show=requests` (or `--show=server`, as the
+//! original names it) the requests in flight as JSON, in the shape of the
+//! original's `server.json` (reference §8.6). Anyone may ask: root sees
+//! every app, other users the apps (and requests) that run as themselves.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;
@@ -35,6 +37,8 @@ enum Show {
     Xml,
     /// The agent's status document.
     Json,
+    /// The requests in flight.
+    Requests,
 }
 
 /// The parsed command line.
@@ -45,8 +49,7 @@ struct Args {
     instance: Option<String>,
 }
 
-const USAGE: &str =
-    "usage: passenger-status [--show=pool|xml|json] [--instance-registry-dir DIR] [INSTANCE]";
+const USAGE: &str = "usage: passenger-status [--show=pool|xml|json|requests] [--instance-registry-dir DIR] [INSTANCE]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
@@ -61,9 +64,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 "pool" => Show::Pool,
                 "xml" => Show::Xml,
                 "json" => Show::Json,
+                "requests" | "server" => Show::Requests,
                 other => {
                     return Err(format!(
-                        "--show={other} is not supported: use --show=pool, --show=xml or --show=json"
+                        "--show={other} is not supported: use --show=pool, --show=xml, --show=json or --show=requests"
                     ));
                 }
             };
@@ -105,13 +109,13 @@ pub fn main(args: &[String]) -> i32 {
             )
     });
     let result = pick_instance(&registry, args.instance.as_deref())
-        .and_then(|dir| query(&dir).map(|doc| (dir, doc)));
+        .and_then(|dir| query(&dir, args.show).map(|doc| (dir, doc)));
     match result {
         Ok((_, doc)) => {
             match args.show {
                 Show::Pool => print!("{}", format_pool(&doc, &now_text())),
                 Show::Xml => print!("{}", format_xml(&doc, unix_micros())),
-                Show::Json => println!("{doc:#}"),
+                Show::Json | Show::Requests => println!("{doc:#}"),
             }
             0
         }
@@ -179,8 +183,9 @@ fn pick_instance(registry: &Path, name: Option<&str>) -> Result<PathBuf, String>
     }
 }
 
-/// Asks the agent of `instance_dir` for its status document.
-fn query(instance_dir: &Path) -> Result<Value, String> {
+/// Asks the agent of `instance_dir` for its status document, or for the
+/// requests in flight.
+fn query(instance_dir: &Path, show: Show) -> Result<Value, String> {
     let socket = instance::status_socket(instance_dir);
     let failed = |e: &dyn std::fmt::Display| format!("the agent at {}: {e}", socket.display());
     let stream = UnixStream::connect(&socket).map_err(|e| failed(&e))?;
@@ -199,8 +204,12 @@ fn query(instance_dir: &Path) -> Result<Value, String> {
         Some((_, Message::Error { message, .. })) => return Err(failed(&message)),
         _ => return Err(failed(&"it did not answer HELLO")),
     }
+    let query = match show {
+        Show::Requests => serde_json::json!({ "show": "requests" }),
+        Show::Pool | Show::Xml | Show::Json => serde_json::json!({}),
+    };
     let status = Message::Status {
-        query: b"{}".to_vec(),
+        query: query.to_string().into_bytes(),
     };
     conn.send(1, &status).map_err(|e| failed(&e))?;
     match conn.read_frame().map_err(|e| failed(&e))? {
@@ -506,6 +515,8 @@ mod tests {
         assert_eq!(a.registry, Some(PathBuf::from("/r")));
         assert_eq!(a.instance.as_deref(), Some("mod_passenger.1"));
         assert_eq!(args(&["--show=xml"]).unwrap().show, Show::Xml);
+        assert_eq!(args(&["--show=requests"]).unwrap().show, Show::Requests);
+        assert_eq!(args(&["--show=server"]).unwrap().show, Show::Requests);
         assert!(
             args(&["--show=backtraces"])
                 .unwrap_err()

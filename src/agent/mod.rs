@@ -20,6 +20,7 @@ pub mod flying;
 pub mod hooks;
 pub mod instance;
 pub mod prestart;
+pub mod requests;
 pub mod server;
 pub mod session;
 pub mod tunnel;
@@ -108,6 +109,8 @@ pub struct Agent {
     own_config: bool,
     /// Apache's description of itself, from the last CONFIGURE.
     server_software: Mutex<String>,
+    /// The requests in flight, for `passenger-status --show=requests`.
+    pub requests: Arc<requests::Requests>,
 }
 
 impl Agent {
@@ -311,6 +314,7 @@ pub fn run(args: Args) -> Result<(), String> {
         initialized: std::sync::atomic::AtomicBool::new(false),
         own_config: args.own_config.is_some(),
         server_software: Mutex::new(String::new()),
+        requests: Arc::default(),
     });
     let observer = Arc::downgrade(&agent);
     agent.pool.set_observer(Box::new(move |event| {

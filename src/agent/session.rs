@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::Agent;
 use crate::agent::error_page::{self, Page, RequestKind};
+use crate::agent::requests::ClientSlot;
 use crate::agent::tunnel::{self, Ended};
 use crate::config::{AppOptions, ServerConfig};
 use crate::pool::{AppConnection, CheckoutError, Lease};
@@ -145,8 +146,17 @@ fn serve_status(
 ) -> Result<(), protocol::Error> {
     while let Some((id, msg)) = conn.read_frame()? {
         match msg {
-            Message::Status { .. } => {
-                let document = serde_json::to_vec(&agent.status(viewer)).unwrap_or_default();
+            Message::Status { query } => {
+                // `{"show": "requests"}` asks for the requests in flight;
+                // anything else for the pool.
+                let show = serde_json::from_slice::<serde_json::Value>(&query)
+                    .ok()
+                    .and_then(|q| q["show"].as_str().map(str::to_owned));
+                let document = match show.as_deref() {
+                    Some("requests") => agent.requests.document(viewer),
+                    _ => agent.status(viewer),
+                };
+                let document = serde_json::to_vec(&document).unwrap_or_default();
                 conn.send(id, &Message::StatusReply { document })?;
             }
             Message::Ping => conn.send(id, &Message::Pong)?,
@@ -163,9 +173,14 @@ fn serve_status(
 /// An Apache worker: one request after another.
 fn serve_worker(agent: &Arc<Agent>, conn: &mut ModuleConnection) -> Result<(), protocol::Error> {
     let mut options = OptionsCache::default();
+    let slot = agent.requests.register();
     while let Some((id, msg)) = conn.read_frame()? {
         match msg {
-            Message::Request(head) => serve_request(agent, conn, id, head, &mut options)?,
+            Message::Request(head) => {
+                let served = serve_request(agent, conn, id, head, &mut options, &slot);
+                slot.end();
+                served?;
+            }
             Message::Ping => conn.send(id, &Message::Pong)?,
             _ => return Err(protocol::Error::Malformed("expected REQUEST")),
         }
@@ -258,6 +273,7 @@ fn serve_request(
     id: u32,
     head: RequestHead,
     cache: &mut OptionsCache,
+    slot: &ClientSlot,
 ) -> Result<(), protocol::Error> {
     let RequestHead {
         flags,
@@ -284,6 +300,7 @@ fn serve_request(
             );
         }
     };
+    slot.begin(&env, &options.app_group_name);
     // Only an error page needs to know what the request accepts.
     let kind = || RequestKind::of(&env);
     // Encoded once: a retry on another process sends the same bytes.
@@ -309,6 +326,7 @@ fn serve_request(
             log::debug!(target: "MP0708", "dropping a queued request of {}: its client went away", options.app_group_name);
             return Ok(());
         }
+        slot.dispatched(lease.pid());
         // PassengerMaxRequestTime limits the time a process spends on the
         // request; the time it waited for one is PassengerMaxRequestQueueTime's.
         let deadline = (options.max_request_time > 0)
@@ -326,6 +344,7 @@ fn serve_request(
             &mut body,
             &mut outcome,
             deadline,
+            slot,
         ) {
             Ok(()) if outcome.tunneled => {
                 // Neither connection carries another request: the module's
@@ -413,6 +432,7 @@ fn dispatch(
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
     deadline: Option<Instant>,
+    slot: &ClientSlot,
 ) -> Result<(), Relay> {
     let broken = |error: String| Relay::AppBroken {
         answered: false,
@@ -426,7 +446,10 @@ fn dispatch(
             .map_err(|e| broken(format!("cannot connect: {e}")))?;
         let result = send_request(app, id, request_frame, sent.has_body, sent.prefix, body)
             .map_err(|e| broken(e.to_string()))
-            .and_then(|()| relay(module, app, id, sent.upgrade, body, outcome, deadline));
+            .and_then(|()| {
+                let upgrade = sent.upgrade.then_some(slot);
+                relay(module, app, id, upgrade, body, outcome, deadline)
+            });
         match result {
             Err(Relay::AppBroken {
                 answered: false, ..
@@ -519,13 +542,13 @@ enum Relay {
 }
 
 /// Relays frames between the app and the module until the response ends,
-/// or, after a 101 to a request that asked to `upgrade`, until the tunnel
-/// ends.
+/// or, after a 101 to a request that asked to upgrade (`upgrade` is then its
+/// connection's slot, which shows the tunnel), until the tunnel ends.
 fn relay(
     module: &mut ModuleConnection,
     app: &mut AppConnection,
     id: u32,
-    upgrade: bool,
+    upgrade: Option<&ClientSlot>,
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
     deadline: Option<Instant>,
@@ -607,17 +630,18 @@ fn relay(
                         .collect();
                 }
                 if response.status == 101 {
-                    if !upgrade {
+                    let Some(slot) = upgrade else {
                         return Err(broken(
                             true,
                             "the app switched protocols (101) on a request that did not ask to"
                                 .into(),
                         ));
-                    }
+                    };
                     module
                         .send(id, &Message::Response(response))
                         .map_err(Relay::Module)?;
                     outcome.tunneled = true;
+                    slot.tunneled();
                     if let Ended::Broken(e) = tunnel::run(module, app, id) {
                         log::debug!(target: "MP0711", "a tunnel of request {id} ended early: {e}");
                     }
