@@ -475,3 +475,38 @@ fn websockets_work_over_tls() {
     }
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// The pid in the app's plain answer ("plain / upgrade= pid=N").
+fn plain_pid(apache: &Apache) -> String {
+    let text = apache.get("/").text();
+    text.rsplit("pid=").next().unwrap().to_owned()
+}
+
+#[test]
+fn restart_txt_leaves_open_websockets_alone_and_new_requests_go_to_the_new_process() {
+    let apache = serve_app("websocket-node", "", "PassengerStatThrottleRate 0");
+    let mut ws = WebSocket::open(&apache, "/chat");
+    let old_pid = ws.header("X-App-Pid").unwrap().to_owned();
+    assert_eq!(plain_pid(&apache), old_pid);
+    let tmp = apache.dir.join("apps/websocket-node/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("restart.txt"), b"").unwrap();
+    // Restart files are looked at when a request comes.
+    assert_ne!(
+        plain_pid(&apache),
+        old_pid,
+        "restart.txt did not restart the app"
+    );
+    // The old process still serves its WebSocket until it closes.
+    ws.assert_echo(OP_TEXT, b"still the old process");
+    ws.close();
+    let old: i32 = old_pid.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the old process outlived its last WebSocket"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
