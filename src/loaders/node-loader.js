@@ -369,11 +369,21 @@ const kWaiting = Symbol('waiting');
 const kEofSent = Symbol('eofSent');
 const kTimer = Symbol('timer');
 
+/** Complete the write of `sock` its peer has not taken yet, if any (after
+ *  the current call, as a socket's write completes from the event loop). */
+function settleWrite(sock) {
+  const cb = sock[kWaiting];
+  if (cb !== null) {
+    sock[kWaiting] = null;
+    process.nextTick(cb);
+  }
+}
+
 /**
  * One end of an in-memory byte stream pair: what one end writes, the other
  * reads, with back-pressure (a write completes when the peer's reader takes
- * it) and end/destroy propagation. The end given to the app server looks
- * enough like a net.Socket: remoteAddress & co., setTimeout(), setNoDelay(),
+ * it, or when either end is destroyed) and end/destroy propagation. The end
+ * given to the app server looks enough like a net.Socket: remoteAddress & co., setTimeout(), setNoDelay(),
  * setKeepAlive(), ref(), unref(), address().
  *
  * With `allowHalfOpen` (a pair that may become a tunnel), an end that has
@@ -447,7 +457,15 @@ class MemorySocket extends Duplex {
 
   _destroy(err, cb) {
     this._clearTimer();
-    this[kWaiting] = null;
+    // As on a net.Socket, a write in flight still completes: ours, and the
+    // peer's, whose bytes sit unread in our buffer and are dropped with it.
+    // Left waiting, the peer's would keep its socket from ever finishing:
+    // an app whose response was held back by a slow agent would never see
+    // 'close' when the agent went away. As after a reset, the peer's next
+    // write fails (EPIPE, in _write()).
+    settleWrite(this);
+    const peer = this[kPeer];
+    if (peer !== null) settleWrite(peer);
     // Like a closed socket: the peer reads what was sent, then end of file.
     this._sendEof();
     cb(err);

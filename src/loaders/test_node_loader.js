@@ -576,6 +576,15 @@ const routes = {
     res.on('close', () => { if (!res.writableFinished) aborted++; });
   },
   '/aborted': (req, res) => res.end(String(aborted)),
+  '/flood-forever': (req, res) => {
+    res.on('close', () => { if (!res.writableFinished) aborted++; });
+    const chunk = Buffer.alloc(64 * 1024, 120);
+    const pump = () => {
+      while (res.write(chunk));
+      res.once('drain', pump);
+    };
+    pump();
+  },
   '/flood': (req, res) => {
     const chunk = Buffer.alloc(64 * 1024, 120);
     let sent = 0;
@@ -712,6 +721,99 @@ server.on('upgrade', (req, socket, head) => {
 server.listen(3000);
 `;
 const WS_HELLO = Buffer.from([0x81, 0x05, ...Buffer.from('hello')]);
+
+// A WebSocket server that drives its socket the way the ws library (8.x)
+// does, written out so that the test does not need ws: setTimeout(0) and
+// setNoDelay() on the socket, every frame as two corked writes, and the
+// closing handshake of lib/websocket.js: the close frame goes out, and
+// socket.end() is called in its write callback once the peer's close frame
+// is in (after removeListener('data') and a resume() on the next tick), or
+// as soon as that frame comes if ours went first. A timer destroys the
+// socket if the handshake never ends, as ws does after 30 s. Client frames
+// are masked and short (under 126 bytes). The text "bye" makes the server
+// close first.
+const WS_LIKE_APP = `
+const http = require('http');
+const crypto = require('crypto');
+const stats = { closeCallbacks: 0, ends: 0, closes: 0, timedOut: 0 };
+const server = http.createServer((req, res) => res.end(JSON.stringify(stats)));
+server.on('upgrade', (req, socket, head) => {
+  const accept = crypto.createHash('sha1')
+    .update(req.headers['sec-websocket-key'] + '${WS_GUID}').digest('base64');
+  socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n'
+    + 'Connection: Upgrade\\r\\nSec-WebSocket-Accept: ' + accept + '\\r\\n\\r\\n');
+  socket.setTimeout(0);
+  socket.setNoDelay();
+  if (head.length > 0) socket.unshift(head);
+  let closing = false;
+  let closeSent = false;
+  let closeReceived = false;
+  let closeTimer = null;
+  let pending = Buffer.alloc(0);
+  const sendFrame = (opcode, payload, cb) => {
+    socket.cork();
+    socket.write(Buffer.from([0x80 | opcode, payload.length]));
+    socket.write(payload, cb);
+    socket.uncork();
+  };
+  const close = () => {
+    if (closing) {
+      if (closeSent && closeReceived) socket.end();
+      return;
+    }
+    closing = true;
+    sendFrame(8, Buffer.from([0x03, 0xe8]), (err) => {
+      if (err) return;
+      stats.closeCallbacks++;
+      closeSent = true;
+      if (closeReceived) socket.end();
+    });
+    closeTimer = setTimeout(() => {
+      stats.timedOut++;
+      socket.destroy();
+    }, 30000);
+  };
+  const onData = (chunk) => {
+    pending = Buffer.concat([pending, chunk]);
+    while (pending.length >= 6 && pending.length >= 6 + (pending[1] & 0x7f)) {
+      const opcode = pending[0] & 0x0f;
+      const n = pending[1] & 0x7f;
+      const mask = pending.subarray(2, 6);
+      const payload = Buffer.from(pending.subarray(6, 6 + n).map((b, i) => b ^ mask[i % 4]));
+      pending = pending.subarray(6 + n);
+      if (opcode === 8) {
+        closeReceived = true;
+        socket.removeListener('data', onData);
+        process.nextTick(() => socket.resume());
+        close();
+        return;
+      }
+      if (opcode === 1 && payload.toString() === 'bye') close();
+      else sendFrame(opcode, payload);
+    }
+  };
+  socket.on('data', onData);
+  socket.on('end', () => {
+    stats.ends++;
+    socket.end();
+  });
+  socket.on('close', () => {
+    stats.closes++;
+    clearTimeout(closeTimer);
+  });
+  socket.on('error', () => socket.destroy());
+});
+server.listen(3000);
+`;
+
+/** A client's WebSocket frame (RFC 6455): masked, with a payload under 126 bytes. */
+function wsClientFrame(opcode, payload) {
+  const mask = [0x37, 0xfa, 0x21, 0x3d];
+  return Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length, ...mask]),
+    Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
+}
+
+const WS_CLOSE_1000 = Buffer.from([0x88, 0x02, 0x03, 0xe8]);
 
 // listen() called in each of its forms; a second server listens for real.
 function listenVariant(call) {
@@ -877,6 +979,37 @@ describe('frame codec', () => {
     assert.equal(u.headers.Upgrade, 'websocket');
     assert.equal(u.headers.Connection, 'keep-alive, Upgrade');
     assert.equal(u.headers['Keep-Alive'], undefined);
+  });
+});
+
+describe('the in-memory connection', () => {
+  const { MemorySocket } = loader;
+
+  /** A pair whose end `b` reads nothing: a write of 200 KiB on `a` waits. */
+  function stuckWrite() {
+    const [a, b] = MemorySocket.pair();
+    b.pause();
+    a.on('error', () => {});
+    const written = new Promise((resolve) => a.write(Buffer.alloc(200 * 1024), resolve));
+    return { a, b, written };
+  }
+
+  // Regression: either destroy() left the write waiting for ever, and with
+  // it the end of `a` (its 'finish' and 'close').
+  it('a write the peer has not taken completes when either end is destroyed, as on a net.Socket', async () => {
+    let { a, b, written } = stuckWrite();
+    const closed = new Promise((resolve) => a.on('close', resolve));
+    await sleep(20);
+    b.destroy();
+    await withTimeout(written, 1000, 'the write callback after the peer was destroyed');
+    const again = await new Promise((resolve) => a.write('more', resolve));
+    assert.equal(again && again.code, 'EPIPE', 'the next write fails, as after a reset');
+    await withTimeout(closed, 1000, "'close'");
+
+    ({ a, b, written } = stuckWrite());
+    await sleep(20);
+    a.destroy();
+    await withTimeout(written, 1000, 'the write callback after the writer was destroyed');
   });
 });
 
@@ -1129,6 +1262,22 @@ describe('a plain http.createServer app', () => {
     await sleep(100);
     const r = await app.get('/aborted');
     assert.ok(Number(r.text) >= 1, `the app saw ${r.text} aborted requests`);
+  });
+
+  // Regression: the app's write waiting for the in-memory connection never
+  // completed once the loader had destroyed its end, so its socket never
+  // closed.
+  it('tells the app when the agent drops a connection while its response is held back', async () => {
+    const aborted = async () => Number((await app.get('/aborted')).text);
+    const before = await aborted();
+    const conn = await app.connect();
+    conn.sock.pause(); // the agent stops reading: the app's writes back up
+    conn.send(requestFrame(1, cgiEnv('GET', '/flood-forever')));
+    await sleep(300);
+    conn.sock.destroy();
+    const deadline = Date.now() + 2000;
+    while (await aborted() === before && Date.now() < deadline) await sleep(20);
+    assert.equal(await aborted(), before + 1, "the app's response saw 'close'");
   });
 
   it('closes the connection on garbage and keeps serving', async () => {
@@ -1396,6 +1545,101 @@ describe('upgraded connections (WebSockets)', () => {
       assert.equal((await withTimeout(own.exited, 5000, 'exit')).code, 0);
     } finally {
       await own.stop();
+    }
+  });
+});
+
+// The closing handshake of the ws library through the loader (reported as
+// a loader bug: a connection left open after ws had sent its close frame).
+// ws ends its socket in the write callback of its close frame once the
+// client's close frame is in, or when that frame comes if ws closed first;
+// it does not end it after its own close frame alone, on a real socket
+// either. The real ws, when it is installed (Debian's node-ws), goes through
+// the same steps.
+const WS_LIB = '/usr/share/nodejs/ws';
+
+describe('the closing handshake, as the ws library drives the socket', () => {
+  /** REQUEST with flag 0x04, answered with RESPONSE 101. */
+  async function open(conn) {
+    conn.send(requestFrame(1, wsEnv('/chat'), 4));
+    const f = await conn.next();
+    assert.equal(f && f.name, 'RESPONSE', `a RESPONSE to the upgrade request, got ${f && f.name}`);
+    assert.equal(f.fields.status, 101);
+  }
+
+  /** Send a client frame; read `bytes` bytes of the tunnel back. */
+  async function exchange(conn, opcode, payload, bytes) {
+    conn.send(frame(T.BODY, 1, wsClientFrame(opcode, Buffer.from(payload))));
+    return (await conn.tunnelRead(1, { bytes })).data;
+  }
+
+  /** The closing handshake started by the client, then by the app. With
+   *  `counted`, the app's counters say what its sockets went through. */
+  async function closingHandshakes(app, counted) {
+    const stats = async () => JSON.parse((await app.get('/stats')).text);
+    const before = counted ? await stats() : null;
+
+    // The client closes first: the app's close frame, then its END at once.
+    let conn = await app.connect();
+    await open(conn);
+    assert.equal((await exchange(conn, 1, 'hi', 4)).toString('latin1'), '\x81\x02hi');
+    conn.send(frame(T.BODY, 1, wsClientFrame(8, Buffer.from([0x03, 0xe8]))));
+    let back = await conn.tunnelRead(1, { timeout: 3000 });
+    assert.deepEqual(back.data, WS_CLOSE_1000, 'the close frame comes back');
+    assert.equal(back.end, true, "END once the app's close frame is written");
+    conn.send(frame(T.END, 1)); // the client closed its connection
+    assert.equal(await conn.next(3000), null, 'then the connection is closed');
+
+    // The app closes first: its close frame, and no END until the client
+    // answers with its own.
+    conn = await app.connect();
+    await open(conn);
+    assert.deepEqual(await exchange(conn, 1, 'bye', 4), WS_CLOSE_1000);
+    await assert.rejects(conn.next(300), /timed out/, 'ws waits for the close frame of the client');
+    conn.send(frame(T.BODY, 1, wsClientFrame(8, Buffer.from([0x03, 0xe8]))));
+    back = await conn.tunnelRead(1, { timeout: 3000 });
+    assert.deepEqual(back, { chunks: [], end: true, error: null, closed: false, data: Buffer.alloc(0) });
+    conn.send(frame(T.END, 1));
+    assert.equal(await conn.next(3000), null, 'then the connection is closed');
+
+    if (before !== null) {
+      const deadline = Date.now() + 2000;
+      while ((await stats()).closes < before.closes + 2 && Date.now() < deadline) await sleep(20);
+      assert.deepEqual(await stats(), { closeCallbacks: before.closeCallbacks + 2,
+        ends: before.ends + 2, closes: before.closes + 2, timedOut: 0 });
+    }
+  }
+
+  it("a ws-style close: END as soon as the app ends its socket in the close frame's write callback", async () => {
+    const app = await LoaderProcess.start({ 'app.js': WS_LIKE_APP });
+    try {
+      await app.ready();
+      await closingHandshakes(app, true);
+    } finally {
+      await app.stop();
+    }
+  });
+
+  it('the real ws library, when it is installed', { skip: !fs.existsSync(WS_LIB) && `no ${WS_LIB}` }, async () => {
+    const app = await LoaderProcess.start({ 'app.js': `
+const http = require('http');
+const { WebSocketServer } = require('ws');
+const server = http.createServer((req, res) => res.end('plain'));
+new WebSocketServer({ server }).on('connection', (ws) => {
+  ws.on('message', (data, isBinary) => {
+    if (!isBinary && data.toString() === 'bye') ws.close(1000);
+    else ws.send(data, { binary: isBinary });
+  });
+});
+server.listen(3000);
+` });
+    try {
+      fs.mkdirSync(path.join(app.appRoot, 'node_modules'));
+      fs.symlinkSync(WS_LIB, path.join(app.appRoot, 'node_modules', 'ws'));
+      await app.ready();
+      await closingHandshakes(app, false);
+    } finally {
+      await app.stop();
     }
   });
 });

@@ -1894,6 +1894,25 @@ WS_APP = <<~'RUBY'
       [200, {}, ['ignored']]
     when '/ws_close_first'
       WS.raw(env, "#{WS.handshake(env)}goodbye", close: true)
+    when '/ws_close_under' # the descriptor closed under its IO, as C code does it (EventMachine, nio4r)
+      io = env['rack.hijack'].call
+      io.write("#{WS.handshake(env)}bye")
+      io.autoclose = false # the IO stays open in Ruby; only the descriptor goes
+      IO.for_fd(io.fileno).close
+      [-1, {}, []]
+    when '/ws_close_elsewhere' # closed by one thread while another is blocked reading it
+      io = env['rack.hijack'].call
+      io.write("#{WS.handshake(env)}bye")
+      reader = Thread.new do
+        io.readpartial(1)
+      rescue IOError => e
+        WS.marker('reader-woken', e.message)
+      end
+      Thread.new do
+        Thread.pass until reader.stop?
+        io.close
+      end
+      [-1, {}, []]
     when '/ws_partial'
       headers = { 'upgrade' => 'websocket', 'connection' => 'Upgrade', 'sec-websocket-accept' => WS.accept(env),
                   'rack.hijack' => ->(io) { WS.echo(io) } }
@@ -1932,21 +1951,17 @@ WS_KEY = 'dGhlIHNhbXBsZSBub25jZQ==' # RFC 6455's example: its accept value is be
 WS_ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
 WS_HEADERS = [%w[Upgrade websocket], %w[Connection Upgrade], ['Sec-WebSocket-Accept', WS_ACCEPT]].freeze
 
-def upgrade_env(path)
-  default_env('GET', path, 'HTTP_UPGRADE' => 'websocket', 'HTTP_CONNECTION' => 'Upgrade',
-                           'HTTP_SEC_WEBSOCKET_KEY' => WS_KEY, 'HTTP_SEC_WEBSOCKET_VERSION' => '13')
+def upgrade_env(path, extra = {})
+  default_env('GET', path, { 'HTTP_UPGRADE' => 'websocket', 'HTTP_CONNECTION' => 'Upgrade',
+                             'HTTP_SEC_WEBSOCKET_KEY' => WS_KEY, 'HTTP_SEC_WEBSOCKET_VERSION' => '13' }.merge(extra))
 end
 
-class TestUpgrade < LoaderTest
-  def setup
-    super
-    start_ok(WS_APP)
-  end
-
+# The agent's side of a tunnel.
+module Tunnels
   # Sends an upgrade REQUEST (+ +extra+ bytes right behind it) and expects
   # the RESPONSE 101: its headers.
-  def open_tunnel(conn, path, rid: 7, extra: ''.b)
-    conn.write(Codec.request(rid, upgrade_env(path), flags: 4) + extra)
+  def open_tunnel(conn, path, rid: 7, extra: ''.b, env: {})
+    conn.write(Codec.request(rid, upgrade_env(path, env), flags: 4) + extra)
     type, frid, payload = conn.read_frame
     assert_equal [:RESPONSE, rid], [Codec::NAMES[type], frid], "stderr:\n#{stderr}"
     status, reason, headers = parse_response(payload)
@@ -1984,6 +1999,15 @@ class TestUpgrade < LoaderTest
 
   def body(data, rid: 7) = Codec.frame(:BODY, rid, data)
   def end_frame(rid: 7) = Codec.frame(:END, rid)
+end
+
+class TestUpgrade < LoaderTest
+  include Tunnels
+
+  def setup
+    super
+    start_ok(WS_APP)
+  end
 
   def test_full_hijack_websocket_echo
     c = connect
@@ -2032,6 +2056,21 @@ class TestUpgrade < LoaderTest
     assert_equal ['goodbye', :END], read_to_end(c)
     c.write(body('late'))
     assert c.closed?
+    refute_includes stderr, 'error'
+  end
+
+  # However the app's end is closed, the loader's end reads EOF: under the
+  # app's IO (which Ruby still thinks open), or by another thread than the
+  # one reading it. Nothing of the loader keeps the app's end open.
+  def test_app_closing_its_end_any_way_ends_its_direction
+    %w[/ws_close_under /ws_close_elsewhere].each do |path|
+      c = connect
+      open_tunnel(c, path)
+      assert_equal ['bye', :END], read_to_end(c), path
+      c.write(end_frame)
+      assert c.closed?, path
+    end
+    assert_equal 'stream closed in another thread', wait_file('reader-woken')
     refute_includes stderr, 'error'
   end
 
@@ -2184,6 +2223,109 @@ class TestUpgradeThreaded < LoaderTest
     Process.kill('TERM', @pid)
     assert_equal 0, wait_exit.exitstatus
     assert a.closed?
+  end
+end
+
+# EventMachine on a hijacked socket, as faye-websocket uses it: EM.attach,
+# send_data, close_connection_after_writing. EM's C++ side leaves the
+# descriptor of an attached IO open; its unbind, on the reactor thread,
+# closes the IO. "bye" makes the app close.
+EM_APP = <<~'RUBY'
+  require 'eventmachine'
+
+  PhusionPassenger.advertised_concurrency_level = 0
+
+  module Echo
+    def receive_data(data)
+      data == 'bye' ? close_connection_after_writing : send_data(data)
+    end
+  end
+
+  run(lambda do |env|
+    io = env['rack.hijack'].call
+    Thread.new { EM.run } unless EM.reactor_running?
+    Thread.pass until EM.reactor_running?
+    EM.schedule do
+      EM.attach(io, Echo).send_data("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+    end
+    [-1, {}, []]
+  end)
+RUBY
+
+# A faye-websocket echo server, as apache-test/apps/websocket-faye has it.
+FAYE_APP = <<~'RUBY'
+  require 'faye/websocket'
+
+  PhusionPassenger.advertised_concurrency_level = 0
+
+  run(lambda do |env|
+    ws = Faye::WebSocket.new(env)
+    ws.on(:message) { |event| event.data == 'bye' ? ws.close(1000) : ws.send(event.data) }
+    ws.rack_response
+  end)
+RUBY
+
+# A client's WebSocket frame (RFC 6455, 5.2): short, so the length fits in
+# 7 bits, and masked.
+def client_ws_frame(opcode, payload)
+  key = [0x37, 0xfa, 0x21, 0x3d]
+  masked = payload.b.bytes.each_with_index.map { |b, i| b ^ key[i % 4] }
+  [0x80 | opcode, 0x80 | payload.bytesize, *key, *masked].pack('C*')
+end
+
+# Apps on the event loops WebSocket libraries use, with the real libraries
+# where they are installed (Debian's ruby-eventmachine, ruby-faye-websocket).
+class TestUpgradeEventLoops < LoaderTest
+  include Tunnels
+
+  WS_CLOSE = 8
+  WS_TEXT = 1
+  NORMAL = [1000].pack('n') # the close code of a normal closure
+  SERVER_CLOSE = "\x88\x02\x03\xE8".b # the server's close frame, with that code
+
+  def start_if_loadable(app, feature)
+    skip "needs #{feature}" unless system(child_env, RUBY, '-e', "require '#{feature}'", out: File::NULL,
+                                                                                          err: File::NULL)
+    start_ok(app, concurrency: 0)
+  end
+
+  def test_eventmachine_closing_an_attached_socket_ends_its_direction
+    start_if_loadable(EM_APP, 'eventmachine')
+    c = connect
+    assert_equal [%w[Upgrade echo], %w[Connection Upgrade]], open_tunnel(c, '/')
+    c.write(body('hello'))
+    assert_equal 'hello', read_bytes(c, 5)
+    c.write(body('bye'))
+    assert_equal ['', :END], read_to_end(c)
+    c.write(end_frame)
+    assert c.closed?
+    assert_empty stderr
+  end
+
+  # The closing handshake, either side first. faye closes the socket once
+  # close frames went both ways (RFC 6455, 7.1.1): when it answers the
+  # client's, or when the client answers its own, which it waits 30 s for.
+  def test_faye_websocket_closing_handshakes
+    start_if_loadable(FAYE_APP, 'faye/websocket')
+    c = connect
+    assert_equal WS_HEADERS, open_tunnel(c, '/', env: { 'HTTP_HOST' => 'localhost' })
+    c.write(body(client_ws_frame(WS_TEXT, 'hello')))
+    assert_equal "\x81\x05hello".b, read_bytes(c, 7)
+    c.write(body(client_ws_frame(WS_CLOSE, NORMAL)))
+    assert_equal [SERVER_CLOSE, :END], read_to_end(c)
+    c.write(end_frame)
+    assert c.closed?
+
+    c = connect
+    open_tunnel(c, '/', env: { 'HTTP_HOST' => 'localhost' })
+    c.write(body(client_ws_frame(WS_TEXT, 'bye')))
+    assert_equal SERVER_CLOSE, read_bytes(c, 4)
+    assert_raises(TimeoutError) { c.read_frame(0.5) } # faye waits for the client's close frame
+    c.write(body(client_ws_frame(WS_CLOSE, NORMAL)))
+    assert_equal ['', :END], read_to_end(c)
+    c.write(end_frame)
+    assert c.closed?
+    assert_empty stderr
   end
 end
 
