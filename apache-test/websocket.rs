@@ -172,7 +172,10 @@ fn megabyte() -> Vec<u8> {
 }
 
 fn messages_round_trip(app: &'static str) {
-    let apache = serve_app(app, "", "");
+    messages_round_trip_on(&serve_app(app, "", ""));
+}
+
+fn messages_round_trip_on(apache: &Apache) {
     let mut ws = WebSocket::open(&apache, "/chat");
     ws.assert_echo(OP_TEXT, b"hello");
     ws.assert_echo(OP_BINARY, &megabyte());
@@ -202,10 +205,19 @@ fn rack_websocket_messages_round_trip_through_apache() {
 }
 
 fn server_closes_first(app: &'static str) {
-    let apache = serve_app(app, "", "");
+    server_closes_first_on(&serve_app(app, "", ""));
+}
+
+fn server_closes_first_on(apache: &Apache) {
     let mut ws = WebSocket::open(&apache, "/chat");
     ws.send(OP_TEXT, b"bye");
     assert_eq!(ws.recv(), (OP_CLOSE, 1000u16.to_be_bytes().to_vec()));
+    // The client answers the server's close frame (RFC 6455 §5.5.1), as
+    // browsers do; ws and faye wait for it before they close. An app that
+    // closed at once may be gone already.
+    let _ = ws
+        .writer
+        .write_all(&client_frame(OP_CLOSE, &1000u16.to_be_bytes()));
     ws.assert_closed();
 }
 
@@ -509,4 +521,23 @@ fn restart_txt_leaves_open_websockets_alone_and_new_requests_go_to_the_new_proce
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn the_ws_library_works_unchanged() {
+    let apache = serve_app("websocket-ws", "", "");
+    // The app's node_modules, as `npm install ws` would leave it, from
+    // Debian's node-ws.
+    let modules = apache.dir.join("apps/websocket-ws/node_modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    std::os::unix::fs::symlink("/usr/share/nodejs/ws", modules.join("ws")).unwrap();
+    messages_round_trip_on(&apache);
+    server_closes_first_on(&apache);
+}
+
+#[test]
+fn faye_websocket_works_unchanged() {
+    let apache = serve_app("websocket-faye", "", "");
+    messages_round_trip_on(&apache);
+    server_closes_first_on(&apache);
 }
