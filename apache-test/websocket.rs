@@ -176,7 +176,7 @@ fn messages_round_trip(app: &'static str) {
 }
 
 fn messages_round_trip_on(apache: &Apache) {
-    let mut ws = WebSocket::open(&apache, "/chat");
+    let mut ws = WebSocket::open(apache, "/chat");
     ws.assert_echo(OP_TEXT, b"hello");
     ws.assert_echo(OP_BINARY, &megabyte());
     ws.send(OP_PING, b"are you there");
@@ -209,7 +209,7 @@ fn server_closes_first(app: &'static str) {
 }
 
 fn server_closes_first_on(apache: &Apache) {
-    let mut ws = WebSocket::open(&apache, "/chat");
+    let mut ws = WebSocket::open(apache, "/chat");
     ws.send(OP_TEXT, b"bye");
     assert_eq!(ws.recv(), (OP_CLOSE, 1000u16.to_be_bytes().to_vec()));
     // The client answers the server's close frame (RFC 6455 §5.5.1), as

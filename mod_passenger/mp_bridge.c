@@ -151,6 +151,15 @@ static int32_t mp_write_body(void *vctx, const uint8_t *buf, size_t len, int32_t
     return r->connection->aborted ? -1 : 0;
 }
 
+/* The client connection's socket descriptor, or -1 when it has none (a
+ * stopping child closes the sockets of the connections it serves). */
+static apr_os_sock_t mp_client_fd(conn_rec *c)
+{
+    apr_socket_t *sock = ap_get_conn_socket(c);
+    apr_os_sock_t fd;
+    return sock && apr_os_sock_get(&fd, sock) == APR_SUCCESS ? fd : -1;
+}
+
 static int32_t mp_client_gone(void *vctx)
 {
     mp_io_ctx *ctx = vctx;
@@ -158,9 +167,8 @@ static int32_t mp_client_gone(void *vctx)
     if (c->aborted) {
         return 1;
     }
-    apr_socket_t *sock = ap_get_conn_socket(c);
-    apr_os_sock_t fd;
-    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+    apr_os_sock_t fd = mp_client_fd(c);
+    if (fd < 0) {
         return 0;
     }
     struct pollfd pfd = {fd, POLLRDHUP, 0};
@@ -180,9 +188,8 @@ static int32_t mp_tunnel_open(void *vctx, uint32_t status, mp_str reason, const 
     mp_io_ctx *ctx = vctx;
     request_rec *r = ctx->r;
     conn_rec *c = r->connection;
-    apr_socket_t *sock = ap_get_conn_socket(c);
-    apr_os_sock_t fd;
-    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+    apr_os_sock_t fd = mp_client_fd(c);
+    if (fd < 0) {
         return -1;
     }
     r->status = (int)status;
@@ -234,9 +241,8 @@ static int64_t mp_tunnel_read(void *vctx, uint8_t *buf, size_t len)
     }
     /* The filters had nothing: either nothing has arrived, or (when the
      * socket itself reads as closed) the client's stream has ended. */
-    apr_socket_t *sock = ap_get_conn_socket(c);
-    apr_os_sock_t fd;
-    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+    apr_os_sock_t fd = mp_client_fd(c);
+    if (fd < 0) {
         return -1;
     }
     char byte;
@@ -273,9 +279,7 @@ static int32_t mp_tunnel_closed(void *vctx)
 {
     mp_io_ctx *ctx = vctx;
     conn_rec *c = ctx->r->connection;
-    apr_socket_t *sock = ap_get_conn_socket(c);
-    apr_os_sock_t fd;
-    return c->aborted || !sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS || fd < 0;
+    return c->aborted || mp_client_fd(c) < 0;
 }
 
 /* No FLUSH bucket: that would block. The core filter writes what it can

@@ -4,7 +4,8 @@
 //! sending requests; a request writes only into its own connection's slot,
 //! behind a lock that nobody but a status reader ever takes, so tracking
 //! costs the request path two uncontended lock operations and three short
-//! copies (method, path, host). A slot leaves the registry when its
+//! copies (method, path, host); the app group's name is the request's own
+//! options, shared. A slot leaves the registry when its
 //! connection ends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::config::AppOptions;
 use crate::protocol::PairList;
 
 /// Every worker connection's slot.
@@ -43,7 +45,8 @@ struct Current {
     method: String,
     path: String,
     host: String,
-    app_group_name: String,
+    /// Its app's options (for the app group's name).
+    app: Arc<AppOptions>,
     started_at: SystemTime,
     /// The process serving it, once it has one.
     pid: Option<i32>,
@@ -114,7 +117,7 @@ impl Requests {
                     "method": c.method,
                     "path": c.path,
                     "host": c.host,
-                    "app_group_name": c.app_group_name,
+                    "app_group_name": c.app.app_group_name,
                     "started_at": time(c.started_at),
                     "state": c.state(),
                     "session": c.pid.map(|pid| json!({ "pid": pid })),
@@ -137,20 +140,18 @@ impl Requests {
 }
 
 impl ClientSlot {
-    /// A request of `app_group_name` starts (before checkout).
-    pub fn begin(&self, env: &PairList, app_group_name: &str) {
+    /// A request of `app` starts (before checkout).
+    pub fn begin(&self, env: &PairList, app: &Arc<AppOptions>) {
         let value = |name: &[u8]| {
-            env.iter()
-                .filter(|(n, _)| *n == name)
-                .last()
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            env.last(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
         let current = Current {
             method: value(b"REQUEST_METHOD"),
             path: value(b"REQUEST_URI"),
             host: value(b"HTTP_HOST"),
-            app_group_name: app_group_name.to_owned(),
+            app: Arc::clone(app),
             started_at: SystemTime::now(),
             pid: None,
             tunnel: false,
@@ -200,6 +201,16 @@ fn time(at: SystemTime) -> Value {
 mod tests {
     use super::*;
 
+    /// The options of an app whose group is named `name`.
+    fn app(name: &str) -> Arc<AppOptions> {
+        let pairs = [
+            (b"PassengerAppRoot".to_vec(), b"/srv/app".to_vec()),
+            (b"PassengerAppType".to_vec(), b"rack".to_vec()),
+            (b"PassengerAppGroupName".to_vec(), name.as_bytes().to_vec()),
+        ];
+        Arc::new(AppOptions::from_pairs(&pairs).unwrap())
+    }
+
     fn env() -> PairList {
         let mut env = PairList::new();
         env.push(b"REQUEST_METHOD", b"POST");
@@ -213,7 +224,7 @@ mod tests {
         let requests = Arc::new(Requests::default());
         let slot = requests.register();
         let idle = requests.register();
-        slot.begin(&env(), "/srv/app (production)");
+        slot.begin(&env(), &app("/srv/app (production)"));
         let doc = requests.document(None);
         let thread = &doc["thread1"];
         assert_eq!(thread["active_client_count"], 2);
@@ -223,6 +234,7 @@ mod tests {
         assert_eq!(current["method"], "POST");
         assert_eq!(current["path"], "/upload?x=1");
         assert_eq!(current["host"], "example.org");
+        assert_eq!(current["app_group_name"], "/srv/app (production)");
         assert_eq!(current["state"], "CHECKING_OUT_SESSION");
         assert!(current["session"].is_null());
         assert!(thread["active_clients"]["client-2"]["current_request"].is_null());
@@ -257,10 +269,10 @@ mod tests {
         let mine = requests.register();
         let queued = requests.register();
         let others = requests.register();
-        mine.begin(&env(), "mine");
+        mine.begin(&env(), &app("mine"));
         mine.dispatched(std::process::id() as i32);
-        queued.begin(&env(), "mine, queued");
-        others.begin(&env(), "theirs");
+        queued.begin(&env(), &app("mine, queued"));
+        others.begin(&env(), &app("theirs"));
         others.dispatched(1); // init, root's
         let uid = nix::unistd::getuid().as_raw();
         let doc = requests.document(Some(uid));

@@ -275,13 +275,13 @@ fn serve_request(
     cache: &mut OptionsCache,
     slot: &ClientSlot,
 ) -> Result<(), protocol::Error> {
+    let has_body = head.has_body();
+    let upgrade = head.is_upgrade();
     let RequestHead {
         flags,
         options,
         env,
     } = head;
-    let has_body = flags & crate::protocol::REQUEST_HAS_BODY != 0;
-    let upgrade = flags & crate::protocol::REQUEST_UPGRADE != 0;
     let (prefix, mut body) = if has_body {
         read_prefix(module, id)?
     } else {
@@ -300,7 +300,7 @@ fn serve_request(
             );
         }
     };
-    slot.begin(&env, &options.app_group_name);
+    slot.begin(&env, &options);
     // Only an error page needs to know what the request accepts.
     let kind = || RequestKind::of(&env);
     // Encoded once: a retry on another process sends the same bytes.
@@ -371,12 +371,16 @@ fn serve_request(
                 );
                 lease.discard_connection();
                 // Before the kill, so that a script can still look at the process.
+                let text = |value: &[u8]| String::from_utf8_lossy(value).into_owned();
                 let mut request = vec![
                     ("PASSENGER_APP_ID", lease.pid().to_string()),
-                    ("PASSENGER_REQUEST_PATH", env_value(&env, b"REQUEST_URI")),
+                    (
+                        "PASSENGER_REQUEST_PATH",
+                        env.last(b"REQUEST_URI").map(text).unwrap_or_default(),
+                    ),
                 ];
-                if env.iter().any(|(name, _)| name == b"HTTP_HOST") {
-                    request.push(("PASSENGER_REQUEST_HOST", env_value(&env, b"HTTP_HOST")));
+                if let Some(host) = env.last(b"HTTP_HOST") {
+                    request.push(("PASSENGER_REQUEST_HOST", text(host)));
                 }
                 agent
                     .hooks
@@ -715,15 +719,6 @@ fn answer_checkout_error(
         log::warn!(target: "MP0706", "{}: {e}: answering 503 (PassengerMaxRequestQueueSize)", options.app_group_name);
     }
     send_page(module, id, error_page::checkout_failed(e, options, kind))
-}
-
-/// The value of `name` in a request's environment (the last one), as text.
-fn env_value(env: &PairList, name: &[u8]) -> String {
-    env.iter()
-        .filter(|(n, _)| *n == name)
-        .last()
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default()
 }
 
 /// Sends a whole page as RESPONSE, BODY, END in one write.

@@ -65,6 +65,15 @@ impl PairList {
         Iter { rest: &self.bytes }
     }
 
+    /// The value of the last pair named `name` (a later pair overrides an
+    /// earlier one, as `SetEnv` overrides a computed variable).
+    pub fn last(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter()
+            .filter(|(n, _)| *n == name)
+            .last()
+            .map(|(_, value)| value)
+    }
+
     /// The pairs as owned `Vec`s, for code that keeps them.
     pub fn to_pairs(&self) -> super::Pairs {
         self.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect()
