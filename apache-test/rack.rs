@@ -27,7 +27,7 @@ fn a_rack_app_gets_a_lint_clean_env() {
     assert_eq!(e["REQUEST_METHOD"], "GET");
     assert_eq!(e["rack.url_scheme"], "http");
     assert_eq!(e["passenger_defined"], true);
-    assert_eq!(e["hijack"], false);
+    assert_eq!(e["hijack"], true);
     assert_eq!(e["RACK_ENV"], serde_json::Value::Null);
 
     let body: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
@@ -98,6 +98,55 @@ fn a_streaming_rack_body_reaches_the_client_as_it_is_produced() {
     }
     assert_eq!(chunks, 3);
     assert!(first.unwrap() + Duration::from_millis(600) < started.elapsed());
+}
+
+/// A long poll as message_bus answers it: the app reads the form, hijacks
+/// the socket of an ordinary POST and writes a chunked response from its
+/// own thread, a message at a time; each reaches the client as it is
+/// written, and the keep-alive connection carries the next request.
+#[test]
+fn a_hijacked_long_poll_streams_to_the_client() {
+    let apache = rack_apache("rack", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let form = "seq=42";
+    write!(
+        s,
+        "POST /long_poll HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut head = Vec::new();
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 2 {
+        head.push(line.trim_end().to_ascii_lowercase());
+        line.clear();
+    }
+    assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
+    assert!(head.contains(&"transfer-encoding: chunked".to_owned()), "{head:?}");
+    assert!(head.contains(&"cache-control: no-cache".to_owned()), "{head:?}");
+    let mut messages = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+        let mut chunk = vec![0; size + 2];
+        std::io::Read::read_exact(&mut reader, &mut chunk).unwrap();
+        if size == 0 {
+            break;
+        }
+        messages.push((String::from_utf8(chunk).unwrap(), started.elapsed()));
+    }
+    let texts: Vec<&str> = messages.iter().map(|(m, _)| m.trim_end()).collect();
+    assert_eq!(texts, ["message 0 for seq 42", "message 1 for seq 42"]);
+    assert!(messages[0].1 + Duration::from_millis(300) < messages[1].1, "{messages:?}");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200") && rest.ends_with("hello from rack"), "{rest}");
+    assert!(!apache.error_log().contains("LintError"), "{}", apache.error_log());
 }
 
 /// Writes the app's Gemfile.lock for the rack gem installed here, so

@@ -20,7 +20,7 @@
 # riding along) forks a worker that serves like a direct-mode process.
 #
 # Only Ruby's standard library is used; Rack 2 and Rack 3 both work. See
-# docs/rack.md for the env we build, rack.hijack (WebSockets), the
+# docs/rack.md for the env we build, rack.hijack (long polls, WebSockets), the
 # PhusionPassenger API, out-of-band work, smart spawning and Bundler.
 
 require 'socket'
@@ -1035,11 +1035,13 @@ module PassengerRackLoader
 
   # -- Upgraded connections: rack.hijack -------------------------------------
   #
-  # Only a REQUEST with flag 0x04 (an HTTP/1.1 Upgrade, e.g. a WebSocket) can
-  # be hijacked; docs/protocol.md, "Upgraded connections", is the contract.
-  # The app never touches the frame connection: it gets one end of a Unix
-  # socketpair, as if it were the client's socket, and the loader relays
-  # between the other end and the frame connection.
+  # Every request can be hijacked. The app never touches the frame
+  # connection: it gets one end of a Unix socketpair, as if it were the
+  # client's socket, and the loader relays between the other end and the
+  # frame connection. What the app writes there is an ordinary response,
+  # relayed as RESPONSE, BODY and END; only a REQUEST with flag 0x04 (an
+  # HTTP/1.1 Upgrade, e.g. a WebSocket) may answer 101 and become a tunnel
+  # (docs/protocol.md, "Upgraded connections", is the contract).
 
   MAX_HIJACK_HEAD = 64 * 1024
   HIJACK_HEAD_TIMEOUT = 30 # seconds from the full hijack to the end of the app's response head
@@ -1049,6 +1051,8 @@ module PassengerRackLoader
   # Headers about the app's own connection to us, never relayed (except in a
   # 101, where they describe the switch).
   HOP_BY_HOP = %w[connection keep-alive proxy-connection te trailer transfer-encoding upgrade].freeze
+
+  SWITCH_UNASKED = 'a 101 (Switching Protocols) answers only a request that asked to upgrade'
 
   # What the app wrote on a hijacked connection is not a usable response.
   class HijackError < StandardError; end
@@ -1182,43 +1186,46 @@ module PassengerRackLoader
     end
   end
 
-  # env['rack.hijack'] of one upgrade request, and the relay that follows.
+  # env['rack.hijack'] of one request, and the relay that follows.
   #
   # The app gets one end of a Unix socketpair: from call (a full hijack), or
   # as the argument of the callable in its response's 'rack.hijack' header
   # (a partial hijack). A relay thread writes the RESPONSE: the head the app
   # wrote on the socket, or the status and headers of its Rack response.
-  # A 101 opens the tunnel: the relay thread goes on turning the app's bytes
-  # into BODY frames (END at the app's EOF) while a second thread writes the
-  # agent's BODY frames to the app (its END becomes shutdown(SHUT_WR)). Any
-  # other status is an ordinary response whose body is relayed to its end;
-  # the connection then carries the next request.
+  # A 101 (upgrade requests only) opens the tunnel: the relay thread goes on
+  # turning the app's bytes into BODY frames (END at the app's EOF) while a
+  # second thread writes the agent's BODY frames to the app (its END becomes
+  # shutdown(SHUT_WR)). Any other status is an ordinary response whose body
+  # is relayed to its end (a long poll, a stream); the connection then
+  # carries the next request. On a request that is not an upgrade the app
+  # reads end of file from its end: the request body is rack.input's.
+  #
+  # Every request gets one, so that nothing is allocated here before the
+  # app hijacks: the relay's queue, lock and sockets come with the hijack.
   #
   # Threads: from the hijack on, the relay thread is the only writer of the
   # frame connection and the downstream thread its only reader; the serving
   # thread only waits. abort! shuts both sockets down, which wakes every
   # blocked read and write, so that every way out is prompt.
   class Hijack
-    def initialize(conn, rid, rid4, env, rack2)
+    def initialize(conn, rid, rid4, env, rack2, upgrade)
       @conn = conn
       @rid = rid
       @rid4 = rid4
       @env = env
       @rack2 = rack2
-      @what = "#{env['REQUEST_METHOD']} #{env['SCRIPT_NAME']}#{env['PATH_INFO']}"
-      @head_request = env['REQUEST_METHOD'] == 'HEAD'
+      @upgrade = upgrade # the request asked to switch protocols: a 101 may answer it
       @app_io = nil # the app's end of the socketpair, once hijacked
-      @io = nil # the loader's end
-      @relay = nil # writes the RESPONSE, then the app-to-agent direction
-      @down = nil # the agent-to-app direction of a tunnel
-      # :tunnel when a 101 went out, :done when the relay thread is over; a
-      # Queue because the serving thread blocks on it.
-      @outcome = Queue.new
-      # Both directions can fail at the same moment: the Mutex makes the
-      # first failure the one that is logged and acted on.
-      @abort_lock = Mutex.new
-      @aborted = false
       @closed = false # the request is over: too late to hijack
+      # Set by open_pair, at the hijack:
+      # @io, the loader's end of the socketpair;
+      # @relay, the thread that writes the RESPONSE, then the app-to-agent direction;
+      # @down, the agent-to-app direction of a tunnel;
+      # @outcome, :tunnel when a 101 went out, :done when the relay thread is
+      #   over (a Queue, because the serving thread blocks on it);
+      # @abort_lock: both directions can fail at the same moment, the Mutex
+      #   makes the first failure the one that is logged and acted on.
+      @aborted = false
     end
 
     # rack.hijack: a full hijack. The app's end of the connection (the same
@@ -1243,9 +1250,11 @@ module PassengerRackLoader
     # app writes there is the tunnel (101) or the body, up to its close.
     def partial(status, headers, callback)
       code = PassengerRackLoader.status_code(status)
+      raise ArgumentError, SWITCH_UNASKED if code == 101 && !@upgrade
+
       @conn.write(PassengerRackLoader.encode_head(@rid4, status, headers))
       @conn.head_sent = true
-      framing = @head_request || code == 204 || code == 304 ? 0 : :eof
+      framing = head_request? || code == 204 || code == 304 ? 0 : :eof
       app_io = open_pair
       start_relay { code == 101 ? tunnel(AppStream.new(@io)) : relay_body(AppStream.new(@io), framing) }
       @app_io = app_io
@@ -1257,8 +1266,9 @@ module PassengerRackLoader
       end
     end
 
-    # Blocks until the RESPONSE went out: true if it opened a tunnel; false
-    # if the response is over (the connection goes on unless it failed).
+    # Blocks until the RESPONSE went out (after a hijack): true if it opened
+    # a tunnel; false if the response is over (the connection goes on unless
+    # it failed).
     def await_response
       return true if @outcome.pop == :tunnel
 
@@ -1275,6 +1285,8 @@ module PassengerRackLoader
     # Ends whatever still runs and closes the loader's end.
     def close
       @closed = true
+      return unless @app_io
+
       abort!(nil) if @relay&.alive? || @down&.alive?
       @relay&.join
       @down&.join
@@ -1293,7 +1305,7 @@ module PassengerRackLoader
 
         @aborted = true
       end
-      PassengerRackLoader.log("#{@what}: #{reason}") if reason
+      PassengerRackLoader.log("#{what}: #{reason}") if reason
       @conn.failed ||= IOError.new(reason || 'the upgraded connection was closed')
       [@io, @conn.io].each do |io|
         io&.shutdown(Socket::SHUT_RDWR)
@@ -1304,11 +1316,20 @@ module PassengerRackLoader
 
     private
 
-    # The app's end of a new socketpair; the loader's is @io.
+    # The request, for the log: "GET /path".
+    def what = "#{@env['REQUEST_METHOD']} #{@env['SCRIPT_NAME']}#{@env['PATH_INFO']}"
+
+    def head_request? = @env['REQUEST_METHOD'] == 'HEAD'
+
+    # The app's end of a new socketpair; the loader's is @io. Unless the
+    # request is an upgrade, the app reads end of file there at once.
     def open_pair
+      @outcome = Queue.new
+      @abort_lock = Mutex.new
       app_io, @io = UNIXSocket.pair(:STREAM)
       app_io.binmode
       @io.binmode
+      @io.shutdown(Socket::SHUT_WR) unless @upgrade
       app_io
     end
 
@@ -1326,7 +1347,7 @@ module PassengerRackLoader
       Thread.new do
         yield
       rescue Exception => e # rubocop:disable Lint/RescueException
-        PassengerRackLoader.log_exception("#{@what}: relaying the hijacked connection failed", e)
+        PassengerRackLoader.log_exception("#{what}: relaying the hijacked connection failed", e)
         abort!(nil)
       end
     end
@@ -1336,7 +1357,9 @@ module PassengerRackLoader
       stream = AppStream.new(@io)
       begin
         status, reason, headers = PassengerRackLoader.parse_head(stream.read_head(deadline))
-        framing, headers = PassengerRackLoader.relayed_framing(status, headers, @head_request) unless status == 101
+        raise HijackError, SWITCH_UNASKED if status == 101 && !@upgrade
+
+        framing, headers = PassengerRackLoader.relayed_framing(status, headers, head_request?) unless status == 101
       rescue HijackError => e
         fail_relay("the application hijacked the connection but wrote no valid response head: #{e.message}")
         return
@@ -1365,7 +1388,7 @@ module PassengerRackLoader
     def fail_relay(message)
       return if @aborted
 
-      PassengerRackLoader.log("#{@what}: #{message}")
+      PassengerRackLoader.log("#{what}: #{message}")
       @conn.write(PassengerRackLoader.error_frame(ERROR_BAD_GATEWAY, message, @rid))
     rescue IOError, SystemCallError
       nil # conn.failed is set: the connection is dropped
@@ -1527,7 +1550,7 @@ module PassengerRackLoader
         'rack.multithread' => concurrency != 1,
         'rack.multiprocess' => true,
         'rack.run_once' => false,
-        'rack.hijack?' => false,
+        'rack.hijack?' => true,
         'rack.url_scheme' => 'http'
       }.freeze
       @mutex = Mutex.new
@@ -1782,20 +1805,17 @@ module PassengerRackLoader
       end
       PassengerRackLoader.complete_env(env, flags)
       env['rack.input'] = input
-      if flags & FLAG_UPGRADE != 0
-        hijack = Hijack.new(conn, rid, rid4, env, @rack2)
-        env['rack.hijack?'] = true
-        env['rack.hijack'] = hijack
-      end
+      upgrade = flags & FLAG_UPGRADE != 0
+      hijack = env['rack.hijack'] = Hijack.new(conn, rid, rid4, env, @rack2, upgrade)
       finished = env['rack.response_finished'] = []
       conn.head_sent = false
       conn.ended = false
       respond(conn, rid, rid4, env, input, finished, hijack)
-      tunnel = hijack if hijack&.hijacked? && hijack.await_response
+      tunnel = hijack if hijack.hijacked? && hijack.await_response
     ensure
       input.detach if input.is_a?(Input)
       hijack.close if hijack && !tunnel
-      conn.declined_upgrade = hijack && !tunnel ? rid : nil
+      conn.declined_upgrade = upgrade && !tunnel ? rid : nil
     end
 
     # Calls the app and sends its response. After a full hijack the response
@@ -1805,9 +1825,9 @@ module PassengerRackLoader
       status = headers = body = error = nil
       begin
         status, headers, body = @app.call(env)
-        if hijack&.hijacked?
+        if hijack.hijacked?
           nil
-        elsif hijack && (callback = partial_hijack(headers))
+        elsif (callback = partial_hijack(headers))
           hijack.partial(status, headers, callback)
         elsif PassengerRackLoader.status_code(status) == 101
           raise ArgumentError, 'a 101 response needs a hijacked connection (rack.hijack on an upgrade request)'

@@ -624,6 +624,7 @@ MULTI_APP = <<~'RUBY'
       info['cgi_encodings'] = env.reject { |k, _| k.include?('.') }.map { |_, v| v.encoding.name }.uniq
       info['errors_is_stderr'] = env['rack.errors'].equal?($stderr)
       info['input_class'] = env['rack.input'].class.name
+      info['hijack_callable'] = env['rack.hijack'].respond_to?(:call)
       [200, { 'content-type' => 'application/json' }, [JSON.generate(info)]]
     when '/echo'
       data = input.read
@@ -781,8 +782,8 @@ class TestServing < LoaderTest
     assert_equal false, info['rack.multithread']
     assert_equal true, info['rack.multiprocess']
     assert_equal false, info['rack.run_once']
-    assert_equal false, info['rack.hijack?']
-    refute info.key?('rack.hijack')
+    assert_equal true, info['rack.hijack?']
+    assert info['hijack_callable']
     assert_equal [], info['rack.response_finished']
     assert_equal 'PassengerRackLoader::EmptyInput', info['input_class']
     assert info['errors_is_stderr']
@@ -1940,7 +1941,24 @@ WS_APP = <<~'RUBY'
     when '/101'
       [101, { 'upgrade' => 'websocket' }, []]
     when '/partial_on_ordinary'
-      [200, { 'rack.hijack' => ->(_io) { raise 'never called' } }, ['plain']]
+      [200, { 'content-type' => 'text/plain', 'rack.hijack' => ->(io) { io.write('streamed') && io.close } }, ['ignored']]
+    when '/hijack_after_body' # the body read from rack.input, as a long poll reads its form first
+      input = env['rack.input'].read
+      io = env['rack.hijack'].call
+      from_socket = io.read # end of file at once: the body is rack.input's
+      io.write("HTTP/1.1 200 OK\r\nContent-Length: #{input.bytesize + from_socket.bytesize + 1}\r\n\r\n" \
+               "#{input}|#{from_socket}")
+      io.close
+      [-1, {}, []]
+    when '/long_poll' # a chunked response written over time from another thread
+      io = env['rack.hijack'].call
+      Thread.new do
+        io.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        sleep 0.01 until File.exist?(File.join(TMP, 'go-on'))
+        io.write("6\r\nsecond\r\n0\r\n\r\n")
+        io.close
+      end
+      [200, {}, []]
     else
       [404, {}, ['not found']]
     end
@@ -2031,7 +2049,7 @@ class TestUpgrade < LoaderTest
     assert_equal ['', :END], read_to_end(c) # agent END → app EOF → app closes → END
     assert_equal 'x', wait_file('app-saw-eof')
     assert c.closed?
-    assert_equal 'false false false', get(connect, '/flags').body # the next connection is served
+    assert_equal 'true true false', get(connect, '/flags').body # the next connection is served
   end
 
   def test_synchronous_full_hijack
@@ -2091,7 +2109,7 @@ class TestUpgrade < LoaderTest
     assert_equal ['', :EOF], read_to_end(c)
     assert(wait_until { stderr.include?('failing in the hijack callback') })
     assert_equal 1, stderr.scan('failing in the hijack callback').size
-    assert_equal 'false false false', get(connect, '/flags').body
+    assert_equal 'true true false', get(connect, '/flags').body
   end
 
   def test_declined_upgrade_then_next_request
@@ -2101,7 +2119,7 @@ class TestUpgrade < LoaderTest
     assert_equal %i[RESPONSE BODY END], res.frames.map(&:first)
     res = do_request(c, rid: 8, env: upgrade_env('/flags'), flags: 4) # not hijacked: an ordinary response
     assert_equal 'true true false', res.body
-    assert_equal 'false false false', get(c, '/flags', 9).body
+    assert_equal 'true true false', get(c, '/flags', 9).body
     # tunnel bytes the agent sent ahead, that nobody will read: the connection closes after END
     c.write(Codec.request(10, upgrade_env('/ws_decline'), flags: 4) + Codec.frame(:BODY, 10, 'early'))
     assert_equal [Codec::T[:RESPONSE], Codec::T[:BODY], Codec::T[:END]], Array.new(3) { c.read_frame[0] }
@@ -2120,7 +2138,7 @@ class TestUpgrade < LoaderTest
     res = do_request(c, rid: 3, env: upgrade_env('/ws_eof'), flags: 4)
     assert_equal [200, 'Fine', [%w[Content-Type text/plain]], 'until eof', true],
                  [res.status, res.reason, res.headers, res.body, res.ended]
-    assert_equal 'false false false', get(c, '/flags', 4).body # the connection goes on
+    assert_equal 'true true false', get(c, '/flags', 4).body # the connection goes on
   end
 
   def test_invalid_hijacked_responses_are_502
@@ -2134,19 +2152,54 @@ class TestUpgrade < LoaderTest
     res = do_request(c, rid: 3, env: upgrade_env('/ws_cut'), flags: 4)
     assert_equal [200, 'short', 502], [res.status, res.body, res.error[0]]
     assert_includes res.error[1], 'cut short'
-    assert_equal 'false false false', get(c, '/flags', 4).body
+    assert_equal 'true true false', get(c, '/flags', 4).body
     assert_equal 2, stderr.scan('wrote no valid response head').size # logged once each
     assert_equal 1, stderr.scan('cut short').size
   end
 
-  def test_ordinary_requests_are_not_hijackable
+  # Any request can be hijacked (a long poll, a stream); only an upgrade
+  # request can be answered with a 101.
+  def test_ordinary_requests_can_be_hijacked
     c = connect
-    assert_equal 'false false false', get(c, '/flags').body
-    res = get(c, '/partial_on_ordinary', 2)
-    assert_equal ['plain', []], [res.body, res.headers] # the rack.hijack header is not sent
-    assert_equal 500, get(c, '/101', 3).status # a 101 needs a tunnel
+    assert_equal 'true true false', get(c, '/flags').body
+    res = get(c, '/ws_chunked', 2)
+    assert_equal [200, [%w[X-A 1]], 'hello, world', true], [res.status, res.headers, res.body, res.ended]
+    res = get(c, '/partial_on_ordinary', 3)
+    assert_equal [200, [%w[content-type text/plain]], 'streamed', true],
+                 [res.status, res.headers, res.body, res.ended]
+    res = do_request(c, rid: 4, env: default_env('POST', '/hijack_after_body'), body: 'form=1')
+    assert_equal [200, 'form=1|'], [res.status, res.body]
+    res = do_request(c, rid: 5, env: default_env('HEAD', '/ws_403'))
+    assert_equal [403, '', true], [res.status, res.body, res.ended]
+    assert_equal 'true true false', get(c, '/flags', 6).body # the connection goes on
+    refute_includes stderr, 'error'
+  end
+
+  def test_a_hijacked_response_streams
+    c = connect
+    c.write(Codec.request(1, default_env('GET', '/long_poll')))
+    type, _rid, payload = c.read_frame
+    assert_equal [:RESPONSE, 200, [%w[Content-Type text/plain]]],
+                 [Codec::NAMES[type], parse_response(payload)[0], parse_response(payload)[2]]
+    assert_equal [Codec::T[:BODY], 1, 'first'], c.read_frame # before the app wrote the rest
+    File.write(path('go-on'), 'x')
+    assert_equal [Codec::T[:BODY], 1, 'second'], c.read_frame
+    assert_equal Codec::T[:END], c.read_frame[0]
+    assert_equal 'true true false', get(c, '/flags', 2).body
+  end
+
+  def test_only_an_upgrade_request_switches_protocols
+    c = connect
+    key = { 'HTTP_SEC_WEBSOCKET_KEY' => WS_KEY } # what the app needs, without the Upgrade
+    res = do_request(c, rid: 1, env: default_env('GET', '/ws_close_first', key)) # a full hijack writing a 101
+    assert_equal 502, res.error[0]
+    assert_includes res.error[1], 'a 101 (Switching Protocols) answers only a request that asked to upgrade'
+    assert_equal 500, do_request(c, rid: 2, env: default_env('GET', '/ws_partial', key)).status # partial, 101
+    assert_equal 500, get(c, '/101', 3).status # a 101 without a hijack
     assert_equal 500, do_request(c, rid: 4, env: upgrade_env('/101'), flags: 4).status
     assert_includes stderr, 'a 101 response needs a hijacked connection'
+    assert_equal 2, stderr.scan('a 101 (Switching Protocols) answers only').size # logged once each
+    assert_equal 'true true false', get(c, '/flags', 5).body
   end
 
   def test_agent_error_ends_the_tunnel
@@ -2163,7 +2216,7 @@ class TestUpgrade < LoaderTest
     open_tunnel(c, '/ws')
     c.close
     assert_equal 'x', wait_file('app-saw-eof')
-    assert_equal 'false false false', get(connect, '/flags').body
+    assert_equal 'true true false', get(connect, '/flags').body
   end
 
   def test_unexpected_frame_in_a_tunnel_closes_it
@@ -2207,10 +2260,10 @@ class TestUpgradeThreaded < LoaderTest
     type, = a.read_frame
     assert_equal :RESPONSE, Codec::NAMES[type]
     b = connect
-    assert_equal 'false false false', get(b, '/flags').body
+    assert_equal 'true true false', get(b, '/flags').body
     a.write(Codec.frame(:BODY, 7, 'still open'))
     assert_equal [Codec::T[:BODY], 7, 'still open'], a.read_frame
-    assert_equal 'false false false', get(b, '/flags', 2).body
+    assert_equal 'true true false', get(b, '/flags', 2).body
     a.write(Codec.frame(:END, 7))
     assert_equal Codec::T[:END], a.read_frame[0]
     assert a.closed?

@@ -2,6 +2,7 @@
 # violation on our side raises.
 require 'json'
 require 'rack/lint'
+require 'rack/request'
 
 LOADED_BY = Process.pid
 $forked = nil
@@ -26,7 +27,7 @@ app = lambda do |env|
     data['loaded_by'] = LOADED_BY
     data['forked'] = $forked
     data['passenger_defined'] = !defined?(PhusionPassenger).nil?
-    data['hijack'] = env['rack.hijack?']
+    data['hijack'] = env['rack.hijack?'] && env['rack.hijack'].respond_to?(:call)
     [200, { 'content-type' => 'application/json' }, [JSON.generate(data)]]
   when '/echo'
     body = env['rack.input'].read
@@ -34,6 +35,23 @@ app = lambda do |env|
     [200, { 'content-type' => 'text/plain' }, ["#{body.bytesize} #{Digest::SHA256.hexdigest(body)}"]]
   when '/stream'
     [200, { 'content-type' => 'text/plain' }, Streaming.new]
+  when '/long_poll'
+    # As message_bus answers a long poll: the form first (rack.input), then
+    # the socket, with a chunked response written over time by its own thread.
+    seq = Rack::Request.new(env).POST['seq']
+    io = env['rack.hijack'].call
+    Thread.new do
+      io.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n" \
+               "Cache-Control: no-cache\r\n\r\n")
+      2.times do |i|
+        line = "message #{i} for seq #{seq}\n"
+        io.write("#{line.bytesize.to_s(16)}\r\n#{line}\r\n")
+        sleep 0.4
+      end
+      io.write("0\r\n\r\n")
+      io.close
+    end
+    [200, {}, []]
   when '/cookies'
     [201, { 'content-type' => 'text/plain', 'set-cookie' => "a=1\nb=2" }, ['cookies']]
   else
