@@ -320,9 +320,11 @@ fn serve_request(
                 return answer_checkout_error(module, id, &e, &options, &kind());
             }
         };
-        if lease.waited() && peer_gone(module) {
-            // Never dispatch a request whose client gave up while it was queued.
-            // The connection's end is read next, and closes it quietly.
+        if lease.queued_for() >= protocol::CLIENT_CHECK_INTERVAL && peer_gone(module) {
+            // Never dispatch a request whose client gave up while it was
+            // queued (the module drops it only after a quiet interval, so a
+            // shorter wait needs no look). The connection's end is read
+            // next, and closes it quietly.
             log::debug!(target: "MP0708", "dropping a queued request of {}: its client went away", options.app_group_name);
             return Ok(());
         }

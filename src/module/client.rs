@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use crate::protocol::{Connection, Message, Role};
+use crate::protocol::{CLIENT_CHECK_INTERVAL, Connection, Message, Role};
 
 /// A connection to the agent.
 pub type AgentConnection = Connection<UnixStream>;
@@ -24,11 +24,6 @@ pub type AgentConnection = Connection<UnixStream>;
 /// The agent's request socket. Written by the parent at post_config, read
 /// by the children it forks afterwards.
 static AGENT_SOCKET: RwLock<Option<PathBuf>> = RwLock::new(None);
-
-/// How often a worker waiting for the agent checks whether its client is
-/// still there (a read timeout on the agent connection; on expiry the
-/// handler checks the client and keeps waiting).
-const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether an I/O error is the read timeout expiring.
 pub fn is_wait_timeout(e: &io::Error) -> bool {

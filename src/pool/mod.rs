@@ -238,8 +238,8 @@ pub struct Lease {
     reusable: bool,
     /// The response asked for out-of-band work (`!~Request-OOB-Work`).
     oob: bool,
-    /// The request waited in the queue before it got this slot.
-    waited: bool,
+    /// How long the request waited in the queue for this slot.
+    queued_for: Duration,
 }
 
 impl fmt::Debug for Lease {
@@ -277,9 +277,10 @@ impl Lease {
         self.reusable = true;
     }
 
-    /// Whether the request waited in the queue for this slot.
-    pub fn waited(&self) -> bool {
-        self.waited
+    /// How long the request waited in the queue for this slot (zero: a
+    /// free slot was there).
+    pub fn queued_for(&self) -> Duration {
+        self.queued_for
     }
 
     /// The app asked for out-of-band work once this request is done.
@@ -397,13 +398,14 @@ impl Pool {
             slot
         };
         self.run(deferred);
+        let queued_at = Instant::now();
         let result = match slot.wait(max_wait) {
             Ok(result) => result,
             Err(handoff::WaitError::TimedOut) => Err(CheckoutError::QueueTimeout),
             Err(handoff::WaitError::Closed) => Err(CheckoutError::ShuttingDown),
         };
         result.map(|mut lease| {
-            lease.waited = true;
+            lease.queued_for = queued_at.elapsed();
             lease
         })
     }
@@ -484,7 +486,7 @@ impl Pool {
             conn: process.idle.pop(),
             reusable: false,
             oob: false,
-            waited: false,
+            queued_for: Duration::ZERO,
         })
     }
 

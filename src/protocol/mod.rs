@@ -53,6 +53,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 pub mod connection;
 pub mod frame;
@@ -69,6 +70,13 @@ pub use message::{
     RequestHead, ResponseHead, Role, encode_body_header, encode_request, parse_frame,
 };
 pub use pairs::PairList;
+
+/// While it waits for a response, the module checks that its client is
+/// still there whenever the agent has been quiet this long, and closes the
+/// connection if the client left. So a module connection cannot have been
+/// closed for that reason sooner: the agent looks for the close only on a
+/// request that waited at least this long for a process.
+pub const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything that can go wrong reading or writing frames.
 ///
