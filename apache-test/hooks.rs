@@ -7,25 +7,26 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Apache, Scenario, app_pid, serve_app, vhost};
 
-/// Writes an executable script into the test directory's parent that
-/// appends its hook name and the event's variables to `log`.
-fn recording_script(dir: &Path, log: &Path) -> PathBuf {
-    let script = dir.join(format!("record-{}.sh", std::process::id()));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$PASSENGER_HOOK_NAME pid=$PASSENGER_PROCESS_PID root=$PASSENGER_APP_ROOT \
-             id=$PASSENGER_ERROR_ID instance=$PASSENGER_INSTANCE_DIR\" >> {}\n",
-            log.display()
-        ),
-    )
-    .unwrap();
+/// Writes an executable shell script `name` with `body` into `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let script = dir.join(name);
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(
         &script,
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
     )
     .unwrap();
     script
+}
+
+/// A script that appends its hook name and the event's variables to `log`.
+fn recording_script(dir: &Path, log: &Path) -> PathBuf {
+    let body = format!(
+        "echo \"$PASSENGER_HOOK_NAME pid=$PASSENGER_PROCESS_PID root=$PASSENGER_APP_ROOT \
+         id=$PASSENGER_ERROR_ID instance=$PASSENGER_INSTANCE_DIR\" >> {}",
+        log.display()
+    );
+    script(dir, &format!("record-{}.sh", std::process::id()), &body)
 }
 
 /// Waits until `log` has a line starting with `prefix`; returns the log.
@@ -161,4 +162,102 @@ fn a_failing_before_watchdog_initialization_hook_keeps_the_agent_from_starting()
     }
     assert_eq!(apache.get("/").status, 503, "{}", apache.error_log());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The users guide's own case: a hook script that hangs is found with
+/// `passenger-status --show=backtraces`, which shows the thread waiting in
+/// `run_single_hook_script` for that script; the frame is gone once the
+/// script returns. Only root and the agent's user may look.
+#[test]
+fn a_hanging_hook_script_shows_in_the_backtraces() {
+    let (dir, _log) = scratch("backtraces");
+    let release = dir.join("release");
+    let script = script(
+        &dir,
+        "hangs.sh",
+        &format!(
+            "i=0\nwhile [ ! -e {} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
+            release.display()
+        ),
+    );
+    let global = format!("PassengerCtl hook_attached_process {}", script.display());
+    let mut apache = serve_app("wsgi", "", &global);
+    apache.allow("MP1101");
+    app_pid(&apache);
+    assert!(
+        apache.wait_for_log(
+            "Running attached_process hook script",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        apache.error_log()
+    );
+    let backtraces = |user: &str| {
+        std::process::Command::new("runuser")
+            .args(["-u", user, "--", env!("CARGO_BIN_EXE_passenger-status")])
+            .arg("--show=backtraces")
+            .arg("--instance-registry-dir")
+            .arg(apache.dir.join("registry"))
+            .output()
+            .unwrap()
+    };
+    let waiting = format!(
+        "in 'run_single_hook_script' (src/agent/hooks.rs:{}) -- {}",
+        hook_line(),
+        script.display()
+    );
+    let out = backtraces("root");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hooks = text
+        .split("\n\n")
+        .find(|block| block.starts_with("Thread 'hooks'"))
+        .unwrap_or_else(|| panic!("no hooks thread in:\n{text}"));
+    let frames: Vec<&str> = hooks.lines().skip(1).map(str::trim).collect();
+    assert_eq!(frames[0], waiting, "{text}");
+    assert!(
+        frames[1].starts_with("in 'run_hook_scripts' (src/agent/hooks.rs:"),
+        "{text}"
+    );
+    assert!(frames[1].ends_with("-- attached_process"), "{text}");
+    assert!(text.contains("Thread 'main' (tid "), "{text}");
+    assert!(
+        text.contains("Thread 'connection from uid 33' (tid "),
+        "{text}"
+    );
+
+    let refused = backtraces("nobody");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("only root and the agent's user may see the agent's threads"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    std::fs::write(&release, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&backtraces("root").stdout).into_owned();
+        if !text.contains("run_single_hook_script") {
+            assert!(text.contains("Thread 'hooks' (tid "), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the frame stayed:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The line of the `run_single_hook_script` trace point in hooks.rs.
+fn hook_line() -> usize {
+    let source = include_str!("../src/agent/hooks.rs");
+    1 + source
+        .lines()
+        .position(|l| l.contains("trace_point!(\"run_single_hook_script\""))
+        .expect("the trace point is in hooks.rs")
 }

@@ -125,8 +125,14 @@ fn a_hijacked_long_poll_streams_to_the_client() {
         line.clear();
     }
     assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
-    assert!(head.contains(&"transfer-encoding: chunked".to_owned()), "{head:?}");
-    assert!(head.contains(&"cache-control: no-cache".to_owned()), "{head:?}");
+    assert!(
+        head.contains(&"transfer-encoding: chunked".to_owned()),
+        "{head:?}"
+    );
+    assert!(
+        head.contains(&"cache-control: no-cache".to_owned()),
+        "{head:?}"
+    );
     let mut messages = Vec::new();
     loop {
         line.clear();
@@ -141,12 +147,23 @@ fn a_hijacked_long_poll_streams_to_the_client() {
     }
     let texts: Vec<&str> = messages.iter().map(|(m, _)| m.trim_end()).collect();
     assert_eq!(texts, ["message 0 for seq 42", "message 1 for seq 42"]);
-    assert!(messages[0].1 + Duration::from_millis(300) < messages[1].1, "{messages:?}");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    assert!(
+        messages[0].1 + Duration::from_millis(300) < messages[1].1,
+        "{messages:?}"
+    );
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
-    assert!(rest.starts_with("HTTP/1.1 200") && rest.ends_with("hello from rack"), "{rest}");
-    assert!(!apache.error_log().contains("LintError"), "{}", apache.error_log());
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("hello from rack"),
+        "{rest}"
+    );
+    assert!(
+        !apache.error_log().contains("LintError"),
+        "{}",
+        apache.error_log()
+    );
 }
 
 /// Writes the app's Gemfile.lock for the rack gem installed here, so

@@ -30,3 +30,4 @@ pub mod procfs;
 pub mod protocol;
 pub mod spawn;
 pub mod status;
+pub mod trace;

@@ -1,7 +1,7 @@
 //! `passenger-status`: what the agent of an Apache instance is running.
 //!
 //! ```text
-//! passenger-status [--show=pool|xml|json|requests] [--instance-registry-dir DIR] [INSTANCE]
+//! passenger-status [--show=pool|xml|json|requests|backtraces] [--instance-registry-dir DIR] [INSTANCE]
 //! ```
 //!
 //! Finds the instance directories under the registry directory (the
@@ -15,8 +15,12 @@
 //! elements monitoring tools read; reference §8.5), `--show=json` as the
 //! agent's document, `--show=requests` (or `--show=server`, as the
 //! original names it) the requests in flight as JSON, in the shape of the
-//! original's `server.json` (reference §8.6). Anyone may ask: root sees
-//! every app, other users the apps (and requests) that run as themselves.
+//! original's `server.json` (reference §8.6), `--show=backtraces` what
+//! each of the agent's threads is doing (see [`crate::trace`]; a hook
+//! script that hangs shows as the `run_single_hook_script` it waits in).
+//! Anyone may ask: root sees every app, other users the apps (and
+//! requests) that run as themselves; the threads are for root and the
+//! agent's user only.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;
@@ -39,6 +43,8 @@ enum Show {
     Json,
     /// The requests in flight.
     Requests,
+    /// What the agent's threads are doing.
+    Backtraces,
 }
 
 /// The parsed command line.
@@ -49,7 +55,7 @@ struct Args {
     instance: Option<String>,
 }
 
-const USAGE: &str = "usage: passenger-status [--show=pool|xml|json|requests] [--instance-registry-dir DIR] [INSTANCE]";
+const USAGE: &str = "usage: passenger-status [--show=pool|xml|json|requests|backtraces] [--instance-registry-dir DIR] [INSTANCE]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
@@ -65,9 +71,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 "xml" => Show::Xml,
                 "json" => Show::Json,
                 "requests" | "server" => Show::Requests,
+                "backtraces" => Show::Backtraces,
                 other => {
                     return Err(format!(
-                        "--show={other} is not supported: use --show=pool, --show=xml, --show=json or --show=requests"
+                        "--show={other} is not supported: use --show=pool, --show=xml, --show=json, --show=requests or --show=backtraces"
                     ));
                 }
             };
@@ -116,6 +123,13 @@ pub fn main(args: &[String]) -> i32 {
                 Show::Pool => print!("{}", format_pool(&doc, &now_text())),
                 Show::Xml => print!("{}", format_xml(&doc, unix_micros())),
                 Show::Json | Show::Requests => println!("{doc:#}"),
+                Show::Backtraces => match doc["error"].as_str() {
+                    Some(refused) => {
+                        eprintln!("passenger-status: {refused}");
+                        return 1;
+                    }
+                    None => print!("{}", format_backtraces(&doc)),
+                },
             }
             0
         }
@@ -183,8 +197,8 @@ fn pick_instance(registry: &Path, name: Option<&str>) -> Result<PathBuf, String>
     }
 }
 
-/// Asks the agent of `instance_dir` for its status document, or for the
-/// requests in flight.
+/// Asks the agent of `instance_dir` for its status document, the requests
+/// in flight or its threads.
 fn query(instance_dir: &Path, show: Show) -> Result<Value, String> {
     let socket = instance::status_socket(instance_dir);
     let failed = |e: &dyn std::fmt::Display| format!("the agent at {}: {e}", socket.display());
@@ -206,6 +220,7 @@ fn query(instance_dir: &Path, show: Show) -> Result<Value, String> {
     }
     let query = match show {
         Show::Requests => serde_json::json!({ "show": "requests" }),
+        Show::Backtraces => serde_json::json!({ "show": "backtraces" }),
         Show::Pool | Show::Xml | Show::Json => serde_json::json!({}),
     };
     let status = Message::Status {
@@ -218,6 +233,40 @@ fn query(instance_dir: &Path, show: Show) -> Result<Value, String> {
         }
         _ => Err(failed(&"it did not answer STATUS")),
     }
+}
+
+/// The agent's threads, in the layout of the original's backtraces: a
+/// block per thread, its frames innermost first, a frame's detail after
+/// ` -- `.
+fn format_backtraces(doc: &Value) -> String {
+    let mut out = String::new();
+    for thread in doc["threads"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "Thread '{}' (tid {}):",
+            thread["name"].as_str().unwrap_or("?"),
+            thread["tid"]
+        );
+        let frames = thread["frames"].as_array().map_or(&[][..], Vec::as_slice);
+        if frames.is_empty() {
+            out.push_str("     (waiting for work)\n");
+        }
+        for frame in frames {
+            let _ = write!(
+                out,
+                "     in '{}' ({}:{})",
+                frame["function"].as_str().unwrap_or("?"),
+                frame["file"].as_str().unwrap_or("?"),
+                frame["line"]
+            );
+            if let Some(detail) = frame["detail"].as_str() {
+                let _ = write!(out, " -- {detail}");
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The time now, in UTC, as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -517,13 +566,37 @@ mod tests {
         assert_eq!(args(&["--show=xml"]).unwrap().show, Show::Xml);
         assert_eq!(args(&["--show=requests"]).unwrap().show, Show::Requests);
         assert_eq!(args(&["--show=server"]).unwrap().show, Show::Requests);
+        assert_eq!(args(&["--show=backtraces"]).unwrap().show, Show::Backtraces);
         assert!(
-            args(&["--show=backtraces"])
+            args(&["--show=threads"])
                 .unwrap_err()
-                .contains("--show=pool")
+                .contains("--show=backtraces")
         );
         assert!(args(&["a", "b"]).is_err());
         assert!(args(&["--instance-registry-dir"]).is_err());
+    }
+
+    #[test]
+    fn backtraces_read_innermost_frame_first_with_details() {
+        let doc = serde_json::json!({ "threads": [
+            { "name": "hooks", "tid": 12, "frames": [
+                { "function": "run_single_hook_script", "file": "src/agent/hooks.rs", "line": 97,
+                  "detail": "/home/phusion/badscript.sh" },
+                { "function": "run_hook_scripts", "file": "src/agent/hooks.rs", "line": 95,
+                  "detail": null },
+            ] },
+            { "name": "accept", "tid": 13, "frames": [] },
+        ] });
+        assert_eq!(
+            format_backtraces(&doc),
+            "Thread 'hooks' (tid 12):\n\
+             \x20    in 'run_single_hook_script' (src/agent/hooks.rs:97) -- /home/phusion/badscript.sh\n\
+             \x20    in 'run_hook_scripts' (src/agent/hooks.rs:95)\n\
+             \n\
+             Thread 'accept' (tid 13):\n\
+             \x20    (waiting for work)\n\
+             \n"
+        );
     }
 
     #[test]

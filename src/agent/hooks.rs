@@ -90,7 +90,9 @@ impl HookSet {
         let Some(commands) = self.commands.get(name) else {
             return true;
         };
+        let _trace = crate::trace_point!("run_hook_scripts", name);
         for command in commands {
+            let _trace = crate::trace_point!("run_single_hook_script", command);
             log::info!(target: "MP1101", "Running {name} hook script: {command}");
             let mut child = Command::new(command);
             child
@@ -141,6 +143,7 @@ impl Hooks {
         std::thread::Builder::new()
             .name("hooks".into())
             .spawn(move || {
+                let _thread = crate::trace::register_thread("hooks");
                 for job in jobs {
                     match job {
                         Job::Run(set, name, extra) => {

@@ -4,13 +4,21 @@
 //! main thread      waits for the shutdown signal, then stops the pool and
 //!                  removes the instance directory
 //! "accept"         accepts connections on agent.sock; checks the peer's uid
+//! "accept-status"  the same on the status socket
 //! "conn"           one thread per connection (session.rs), up to MAX_CONNECTIONS
 //! "signals"        SIGTERM / SIGINT -> shutdown
 //! "apache-watch"   the Apache parent exited (pidfd) -> shutdown
 //! "idle-gc"        PassengerPoolIdleTime, once a second
+//! "hooks"          runs the pool's hook scripts, in order (hooks.rs)
 //! "spawner"        one per spawn in progress (pool)
+//! "oob"            one per out-of-band work in progress (pool)
 //! "app-<pid>"      one per app process: its output, its exit (spawn::process)
+//! "stop-<pid>"     one per process told to stop: SIGKILL after its grace
+//! "prestart"       one per PassengerPreStart URL, until it answered
 //! ```
+//!
+//! Each registers with [`crate::trace`] under a name that says what it is
+//! for, so `passenger-status --show=backtraces` can show what it is doing.
 //!
 //! The agent outlives Apache's graceful restarts: each new configuration
 //! generation connects and sends CONFIGURE; app processes keep running.
@@ -346,7 +354,11 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     log::info!(target: "MP0802", "passenger agent {} serving {}", std::process::id(), instance.dir.display());
 
-    let reason = stop_rx.recv().unwrap_or("all stop senders are gone");
+    let _thread = crate::trace::register_thread("main");
+    let reason = {
+        let _trace = crate::trace_point!("run", "waiting for a stop signal");
+        stop_rx.recv().unwrap_or("all stop senders are gone")
+    };
     log::info!(target: "MP0803", "shutting down: {reason}");
     instance.unlink_socket();
     if let Some(path) = &args.socket_file {

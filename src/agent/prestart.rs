@@ -22,9 +22,12 @@ pub fn start(urls: &[String]) {
         let url = url.clone();
         let spawned = std::thread::Builder::new()
             .name("prestart".into())
-            .spawn(move || match request(&host, port, &path) {
-                Ok(status) => log::info!(target: "MP0902", "pre-started {url}: HTTP {status}"),
-                Err(e) => log::warn!(target: "MP0901", "PassengerPreStart {url}: {e}"),
+            .spawn(move || {
+                let _thread = crate::trace::register_thread(format!("pre-start {url}"));
+                match request(&host, port, &path) {
+                    Ok(status) => log::info!(target: "MP0902", "pre-started {url}: HTTP {status}"),
+                    Err(e) => log::warn!(target: "MP0901", "PassengerPreStart {url}: {e}"),
+                }
             });
         if let Err(e) = spawned {
             log::warn!(target: "MP0901", "cannot start a pre-start thread: {e}");

@@ -116,7 +116,11 @@ pub enum Door {
 /// Accepts connections, checks who is calling, and serves each on a thread.
 pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, door: Door) -> Result<(), String> {
     let active = Arc::new(AtomicUsize::new(0));
-    spawn("accept", move || {
+    let name = match door {
+        Door::Requests { .. } => "accept",
+        Door::Status => "accept-status",
+    };
+    spawn(name, move || {
         for stream in listener.incoming() {
             let stream = match stream {
                 Ok(stream) => stream,
@@ -150,6 +154,10 @@ pub fn spawn_acceptor(agent: Arc<Agent>, listener: UnixListener, door: Door) -> 
                 .name("conn".into())
                 .spawn(move || {
                     let _guard = guard;
+                    let _thread = crate::trace::register_thread(match door {
+                        Door::Requests { .. } => format!("connection from uid {peer_uid}"),
+                        Door::Status => format!("status connection from uid {peer_uid}"),
+                    });
                     let caller = match door {
                         Door::Requests { .. } => session::Caller::Trusted,
                         Door::Status => {
@@ -198,9 +206,13 @@ pub fn privileged(uid: u32, apache_uid: Option<u32>) -> bool {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    let traced = name.to_owned();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        .spawn(move || {
+            let _thread = crate::trace::register_thread(traced);
+            f();
+        })
         .map(drop)
         .map_err(|e| format!("cannot start the {name} thread: {e}"))
 }

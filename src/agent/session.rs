@@ -147,13 +147,19 @@ fn serve_status(
     while let Some((id, msg)) = conn.read_frame()? {
         match msg {
             Message::Status { query } => {
-                // `{"show": "requests"}` asks for the requests in flight;
-                // anything else for the pool.
+                // `{"show": "requests"}` asks for the requests in flight,
+                // `{"show": "backtraces"}` for the threads (root and the
+                // agent's user only: they name every app's requests and
+                // scripts); anything else for the pool.
                 let show = serde_json::from_slice::<serde_json::Value>(&query)
                     .ok()
                     .and_then(|q| q["show"].as_str().map(str::to_owned));
                 let document = match show.as_deref() {
                     Some("requests") => agent.requests.document(viewer),
+                    Some("backtraces") if viewer.is_none() => crate::trace::document(),
+                    Some("backtraces") => serde_json::json!({
+                        "error": "only root and the agent's user may see the agent's threads"
+                    }),
                     _ => agent.status(viewer),
                 };
                 let document = serde_json::to_vec(&document).unwrap_or_default();
@@ -301,6 +307,7 @@ fn serve_request(
         }
     };
     slot.begin(&env, &options);
+    let _trace = crate::trace_point!("serve_request", options.app_group_name);
     // Only an error page needs to know what the request accepts.
     let kind = || RequestKind::of(&env);
     // Encoded once: a retry on another process sends the same bytes.

@@ -398,6 +398,10 @@ impl Pool {
             slot
         };
         self.run(deferred);
+        let _trace = crate::trace_point!(
+            "Pool::checkout",
+            format_args!("waiting in the queue of {name}")
+        );
         let queued_at = Instant::now();
         let result = match slot.wait(max_wait) {
             Ok(result) => result,
@@ -591,7 +595,11 @@ impl Pool {
             let pool = self.arc();
             let spawned = std::thread::Builder::new()
                 .name("oob".into())
-                .spawn(move || pool.run_oob(&name, id, &socket, conn));
+                .spawn(move || {
+                    let _thread =
+                        crate::trace::register_thread(format!("out-of-band work: {name}"));
+                    pool.run_oob(&name, id, &socket, conn);
+                });
             if let Err(e) = spawned {
                 log::error!(target: "MP0403", "cannot start an out-of-band work thread: {e}");
             }
@@ -604,7 +612,11 @@ impl Pool {
             let pool = self.arc();
             let spawned = std::thread::Builder::new()
                 .name("spawner".into())
-                .spawn(move || pool.spawn_one(&name, &options, generation));
+                .spawn(move || {
+                    let _thread =
+                        crate::trace::register_thread(format!("Group process spawner: {name}"));
+                    pool.spawn_one(&name, &options, generation);
+                });
             if let Err(e) = spawned {
                 log::error!(target: "MP0403", "cannot start a spawner thread: {e}");
             }
@@ -613,7 +625,10 @@ impl Pool {
 
     /// Spawns one process for `name` (on a spawner thread).
     fn spawn_one(&self, name: &str, options: &Arc<AppOptions>, generation: u64) {
-        let result = self.spawner.spawn(options);
+        let result = {
+            let _trace = crate::trace_point!("Pool::spawn_one", options.app_root);
+            self.spawner.spawn(options)
+        };
         let mut deferred = Deferred::default();
         {
             let mut state = self.state.lock();
@@ -778,6 +793,7 @@ impl Pool {
 
     /// Runs one process's out-of-band work (on its own thread).
     fn run_oob(&self, name: &str, id: u64, socket: &std::path::Path, conn: Option<AppConnection>) {
+        let _trace = crate::trace_point!("Pool::run_oob", socket.display());
         let result = (|| -> Result<AppConnection, String> {
             let mut conn = match conn {
                 Some(conn) => conn,

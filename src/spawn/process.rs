@@ -84,6 +84,8 @@ impl ProcessHandle {
         let spawned = std::thread::Builder::new()
             .name(format!("app-{pid}"))
             .spawn(move || {
+                let _thread =
+                    crate::trace::register_thread(format!("process {pid}: output and exit"));
                 relay_output(pid, output, &kept);
                 watcher.reap();
             });
@@ -140,6 +142,8 @@ impl ProcessHandle {
         }
         let handle = Arc::clone(self);
         let _ = std::thread::Builder::new().name(format!("stop-{}", self.pid)).spawn(move || {
+            let _thread = crate::trace::register_thread(format!("stopping process {}", handle.pid));
+            let _trace = crate::trace_point!("ProcessHandle::terminate", format_args!("SIGTERM sent, waiting up to {} s", grace.as_secs()));
             if !handle.wait_exit(grace) {
                 log::warn!(target: "MP0304", "process {} did not stop within {} s; killing it", handle.pid, grace.as_secs());
                 handle.kill();
