@@ -205,3 +205,42 @@ fn the_status_socket_answers_nothing_but_status() {
         other => panic!("a worker was let in: {other:?}"),
     }
 }
+
+/// `ps` names app processes as the original does, so the users guide's way
+/// to find an app's user (its pid from passenger-status, then `ps`) and
+/// scripts that look for "Passenger RubyApp" keep working.
+#[test]
+fn app_processes_carry_the_originals_titles() {
+    let title = |pid: i64| {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        String::from_utf8_lossy(&raw)
+            .replace('\0', " ")
+            .trim_end()
+            .to_owned()
+    };
+    let rack = serve_app("rack", "", "");
+    let env = crate::harness::get_json(&rack, "/env");
+    let root = rack.dir.join("apps/rack");
+    let (pid, preloader) = (
+        env["pid"].as_i64().unwrap(),
+        env["loaded_by"].as_i64().unwrap(),
+    );
+    assert_ne!(pid, preloader, "smart spawning: {env}");
+    assert_eq!(
+        title(pid),
+        format!("Passenger RubyApp: {} (production)", root.display())
+    );
+    assert_eq!(
+        title(preloader),
+        format!("Passenger AppPreloader: {}", root.display())
+    );
+
+    let node = serve_app("node", "", "");
+    let answer = node.get("/").text();
+    let pid: i64 = answer.rsplit(' ').next().unwrap().parse().unwrap();
+    let root = node.dir.join("apps/node");
+    assert_eq!(
+        title(pid),
+        format!("Passenger NodeApp: {} (production)", root.display())
+    );
+}

@@ -1684,6 +1684,9 @@ function main() {
   const startupFile = path.resolve(appRoot, process.env.PASSENGER_STARTUP_FILE || 'app.js');
   if (process.env.IN_PASSENGER === undefined) process.env.IN_PASSENGER = '1';
   if (process.env.PASSENGER_APP_ROOT === undefined) process.env.PASSENGER_APP_ROOT = appRoot;
+  // What `ps` shows, as the original names it; set before the app loads,
+  // so that an app that names itself wins.
+  process.title = `Passenger NodeApp: ${process.env.PASSENGER_APP_GROUP_NAME || appRoot}`;
   global.PhusionPassenger = PhusionPassenger;
   http.Server.prototype.listen = listen;
   process.on('uncaughtException', onUncaughtBeforeReady);

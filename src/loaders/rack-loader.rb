@@ -2248,6 +2248,12 @@ module PassengerRackLoader
     nil
   end
 
+  # The title `ps` shows for an app process, as the original names it.
+  def self.app_title
+    group = ENV['PASSENGER_APP_GROUP_NAME']
+    "Passenger RubyApp: #{group.nil? || group.empty? ? Dir.pwd : group}"
+  end
+
   # Reports READY on +ready+ and serves with a Server until it stops; then
   # stopping_worker_process. The traps are set before READY goes out.
   def self.run_server(app, concurrency, listener, ready, parent_pid, agent_pid = nil)
@@ -2327,6 +2333,8 @@ module PassengerRackLoader
       end
 
       Dir.chdir(app_root) if Dir.pwd != app_root
+      # Set before the app loads, so that an app that names itself wins.
+      Process.setproctitle(preloader ? "Passenger AppPreloader: #{app_root}" : app_title)
       setup_environment(app_root)
       app = load_application(startup_file)
       PhusionPassenger.call_event(:starting_worker_process, false) unless preloader
@@ -2511,6 +2519,7 @@ module PassengerRackLoader
 
     def run
       preloader_pid = Process.ppid
+      Process.setproctitle(PassengerRackLoader.app_title)
       trap('TERM', 'DEFAULT')
       trap('INT', 'DEFAULT')
       listener_io, ready_io, output_io = @fds
