@@ -221,3 +221,30 @@ fn a_real_rack_framework_runs_unchanged() {
     );
     assert_eq!(form.text(), "got b c");
 }
+
+/// A client that leaves in the middle of a hijacked long poll costs
+/// nothing but the poll itself: the app's next write finds the connection
+/// gone, the process serves the next request, and nothing is logged.
+#[test]
+fn a_client_leaving_a_hijacked_long_poll_frees_the_process() {
+    let apache = serve_app("rack", "", "PassengerMaxPoolSize 1");
+    let pid = crate::harness::app_pid(&apache);
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let form = "seq=1";
+        write!(
+            s,
+            "POST /long_poll HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+        .unwrap();
+        let mut first = [0u8; 12];
+        std::io::Read::read_exact(&mut s, &mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+    } // gone, with the poll's second message still to come
+    let started = Instant::now();
+    assert_eq!(apache.get("/").text(), "hello from rack");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(crate::harness::app_pid(&apache), pid);
+}

@@ -34,6 +34,13 @@ pub enum Caller {
 pub fn serve(agent: &Arc<Agent>, stream: UnixStream, caller: Caller) {
     let mut conn = Connection::new(stream);
     if let Err(e) = serve_connection(agent, &mut conn, caller) {
+        if peer_went_away(&e) {
+            // The module drops its connection when its client leaves in
+            // the middle of a response (a closed tab, an SSE client gone):
+            // nothing to report.
+            log::debug!(target: "MP0701", "closing a connection: {e}");
+            return;
+        }
         log::warn!(target: "MP0701", "closing a connection: {e}");
         if !matches!(e, protocol::Error::Io(_) | protocol::Error::UnexpectedEof) {
             let _ = conn.send(
@@ -44,6 +51,17 @@ pub fn serve(agent: &Arc<Agent>, stream: UnixStream, caller: Caller) {
                 },
             );
         }
+    }
+}
+
+/// Whether `e` is the peer closing its end (not a fault of either side).
+fn peer_went_away(e: &protocol::Error) -> bool {
+    match e {
+        protocol::Error::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        _ => false,
     }
 }
 
