@@ -585,3 +585,24 @@ fn app_root_type_startup_file_and_python_can_be_given_explicitly() {
     );
     assert_eq!(apache.get("/index.txt").text(), "static\n");
 }
+
+/// A client that gives up in the middle of its upload (a mobile network,
+/// a cancelled form): the request is dropped, the same process serves the
+/// next request, and nothing is logged as a fault (the module notes the
+/// unreadable body at info level).
+#[test]
+fn a_client_abandoning_its_upload_leaves_no_trace() {
+    let apache = wsgi_apache("");
+    let pid = crate::harness::app_pid(&apache);
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        .unwrap();
+        s.write_all(&[b'x'; 200_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    } // gone, 800000 bytes short
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(crate::harness::app_pid(&apache), pid);
+}

@@ -36,8 +36,9 @@ pub fn serve(agent: &Arc<Agent>, stream: UnixStream, caller: Caller) {
     if let Err(e) = serve_connection(agent, &mut conn, caller) {
         if peer_went_away(&e) {
             // The module drops its connection when its client leaves in
-            // the middle of a response (a closed tab, an SSE client gone):
-            // nothing to report.
+            // the middle of a request (an abandoned upload, which the
+            // module logs) or of a response (a closed tab, an SSE client
+            // gone): nothing to report here.
             log::debug!(target: "MP0701", "closing a connection: {e}");
             return;
         }
@@ -61,6 +62,7 @@ fn peer_went_away(e: &protocol::Error) -> bool {
             e.kind(),
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
         ),
+        protocol::Error::UnexpectedEof => true,
         _ => false,
     }
 }
