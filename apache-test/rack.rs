@@ -100,6 +100,21 @@ fn a_streaming_rack_body_reaches_the_client_as_it_is_produced() {
     assert!(first.unwrap() + Duration::from_millis(600) < started.elapsed());
 }
 
+/// Opens a connection and sends the app's long-poll POST, its form
+/// carrying `seq`.
+fn start_long_poll(apache: &Apache, seq: u32) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let form = format!("seq={seq}");
+    write!(
+        s,
+        "POST /long_poll HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    s
+}
+
 /// A long poll as message_bus answers it: the app reads the form, hijacks
 /// the socket of an ordinary POST and writes a chunked response from its
 /// own thread, a message at a time; each reaches the client as it is
@@ -107,15 +122,7 @@ fn a_streaming_rack_body_reaches_the_client_as_it_is_produced() {
 #[test]
 fn a_hijacked_long_poll_streams_to_the_client() {
     let apache = rack_apache("rack", "");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let form = "seq=42";
-    write!(
-        s,
-        "POST /long_poll HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-        form.len()
-    )
-    .unwrap();
+    let mut s = start_long_poll(&apache, 42);
     let started = Instant::now();
     let mut reader = BufReader::new(s.try_clone().unwrap());
     let mut head = Vec::new();
@@ -230,15 +237,7 @@ fn a_client_leaving_a_hijacked_long_poll_frees_the_process() {
     let apache = serve_app("rack", "", "PassengerMaxPoolSize 1");
     let pid = crate::harness::app_pid(&apache);
     {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let form = "seq=1";
-        write!(
-            s,
-            "POST /long_poll HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        )
-        .unwrap();
+        let mut s = start_long_poll(&apache, 1);
         let mut first = [0u8; 12];
         std::io::Read::read_exact(&mut s, &mut first).unwrap();
         assert_eq!(&first, b"HTTP/1.1 200");

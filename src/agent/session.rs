@@ -43,7 +43,7 @@ pub fn serve(agent: &Arc<Agent>, stream: UnixStream, caller: Caller) {
             return;
         }
         log::warn!(target: "MP0701", "closing a connection: {e}");
-        if !matches!(e, protocol::Error::Io(_) | protocol::Error::UnexpectedEof) {
+        if !matches!(e, protocol::Error::Io(_)) {
             let _ = conn.send(
                 0,
                 &Message::Error {
