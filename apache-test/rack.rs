@@ -247,3 +247,41 @@ fn a_client_leaving_a_hijacked_long_poll_frees_the_process() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(crate::harness::app_pid(&apache), pid);
 }
+
+/// A single-threaded app that hands a long poll to a thread of its own and
+/// returns leaves its process free (the loader's RELEASE): with the pool's
+/// only process holding an open poll, other requests are served by that
+/// same process, and the poll is answered later.
+#[test]
+fn an_open_long_poll_leaves_the_only_process_free() {
+    let apache = serve_app("rack", "", "PassengerMaxPoolSize 1");
+    let pid = crate::harness::app_pid(&apache);
+    let tmp = apache.dir.join("apps/rack/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // The app's user writes its markers there.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mut poll = std::net::TcpStream::connect(("127.0.0.1", apache.port)).unwrap();
+    poll.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    poll.write_all(b"GET /held_poll HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tmp.join("poll-held").exists() {
+        assert!(Instant::now() < deadline, "the poll never reached the app");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        assert_eq!(apache.get("/").text(), "hello from rack");
+    }
+    assert_eq!(
+        crate::harness::app_pid(&apache),
+        pid,
+        "one process served all"
+    );
+    std::fs::write(tmp.join("answer-poll"), b"").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut poll, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    assert!(answer.ends_with("\r\n\r\nanswered"), "{answer:?}");
+    assert_eq!(crate::harness::app_pid(&apache), pid);
+}

@@ -360,6 +360,37 @@ fn websockets_whose_clients_vanish_free_their_slots() {
     ws.close();
 }
 
+/// A Ruby process that serves one request at a time (no advertised
+/// concurrency) is not held by the WebSockets the app took over and
+/// returned from: several stay open on the pool's one process, and plain
+/// requests are served beside them by the same process.
+#[test]
+fn websockets_leave_a_single_threaded_process_free() {
+    let apache = serve_app("websocket-rack", "", "PassengerMaxPoolSize 1");
+    std::fs::write(apache.dir.join("apps/websocket-rack/one-at-a-time"), b"").unwrap();
+    let mut sockets: Vec<WebSocket> = (0..3)
+        .map(|i| {
+            let mut ws = WebSocket::open(&apache, "/chat");
+            ws.assert_echo(OP_TEXT, format!("socket {i}").as_bytes());
+            ws
+        })
+        .collect();
+    let pid = sockets[0].header("X-App-Pid").unwrap().to_owned();
+    assert!(
+        sockets
+            .iter()
+            .all(|ws| ws.header("X-App-Pid") == Some(pid.as_str()))
+    );
+    assert_eq!(plain_pid(&apache), pid);
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.assert_echo(OP_TEXT, format!("socket {i} again").as_bytes());
+    }
+    for ws in sockets {
+        ws.close();
+    }
+    assert_eq!(plain_pid(&apache), pid);
+}
+
 #[test]
 fn apache_stops_promptly_with_websockets_open() {
     let mut apache = serve_app("websocket-rack", "", "");

@@ -14,7 +14,7 @@ use crate::agent::error_page::{self, Page, RequestKind};
 use crate::agent::requests::ClientSlot;
 use crate::agent::tunnel::{self, Ended};
 use crate::config::{AppOptions, ServerConfig};
-use crate::pool::{AppConnection, CheckoutError, Lease};
+use crate::pool::{AppConnection, CheckoutError, Lease, Release};
 use crate::protocol::{self, Connection, Message, PairList, RequestHead, Role};
 
 /// A connection from the module.
@@ -474,19 +474,28 @@ fn dispatch(
     let mut fresh_retry_left = true;
     loop {
         let reused = lease.has_connection();
-        let app = lease
+        let (app, mut release) = lease
             .connection()
             .map_err(|e| broken(format!("cannot connect: {e}")))?;
         let result = send_request(app, id, request_frame, sent.has_body, sent.prefix, body)
             .map_err(|e| broken(e.to_string()))
             .and_then(|()| {
                 let upgrade = sent.upgrade.then_some(slot);
-                relay(module, app, id, upgrade, body, outcome, deadline)
+                relay(
+                    module,
+                    app,
+                    id,
+                    upgrade,
+                    body,
+                    outcome,
+                    deadline,
+                    &mut release,
+                )
             });
         match result {
             Err(Relay::AppBroken {
                 answered: false, ..
-            }) if reused && fresh_retry_left && !outcome.body_pulled => {
+            }) if reused && fresh_retry_left && !outcome.body_pulled && !outcome.released => {
                 fresh_retry_left = false;
                 lease.discard_connection();
             }
@@ -559,6 +568,9 @@ struct RelayOutcome {
     body_pulled: bool,
     /// The app switched protocols and the tunnel is over.
     tunneled: bool,
+    /// The app released the process's slot (`RELEASE`): the request must
+    /// not be replayed.
+    released: bool,
 }
 
 /// How relaying can fail.
@@ -576,7 +588,9 @@ enum Relay {
 
 /// Relays frames between the app and the module until the response ends,
 /// or, after a 101 to a request that asked to upgrade (`upgrade` is then its
-/// connection's slot, which shows the tunnel), until the tunnel ends.
+/// connection's slot, which shows the tunnel), until the tunnel ends. A
+/// `RELEASE` from the app gives the process's slot back on the way.
+#[allow(clippy::too_many_arguments)]
 fn relay(
     module: &mut ModuleConnection,
     app: &mut AppConnection,
@@ -584,7 +598,8 @@ fn relay(
     upgrade: Option<&ClientSlot>,
     body: &mut BodyState,
     outcome: &mut RelayOutcome,
-    deadline: Option<Instant>,
+    mut deadline: Option<Instant>,
+    release: &mut Release,
 ) -> Result<(), Relay> {
     let mut answered = false;
     let broken = |answered: bool, error: String| Relay::AppBroken { answered, error };
@@ -619,6 +634,18 @@ fn relay(
             Err(e) => return Err(broken(answered, e.to_string())),
         };
         match msg {
+            Message::Release => {
+                // The app streams the rest from threads of its own; the
+                // process is no longer this request's, and
+                // PassengerMaxRequestTime no longer applies.
+                release.release();
+                outcome.released = true;
+                if deadline.take().is_some() {
+                    app.get_ref()
+                        .set_read_timeout(None)
+                        .map_err(|e| broken(answered, e.to_string()))?;
+                }
+            }
             Message::ReadBody { max } => {
                 let reply = match body {
                     BodyState::Ended => Message::End,
@@ -675,7 +702,9 @@ fn relay(
                         .map_err(Relay::Module)?;
                     outcome.tunneled = true;
                     slot.tunneled();
-                    if let Ended::Broken(e) = tunnel::run(module, app, id) {
+                    if let Ended::Broken(e) =
+                        tunnel::run(module, app, id, &mut || release.release())
+                    {
                         log::debug!(target: "MP0711", "a tunnel of request {id} ended early: {e}");
                     }
                     return Ok(());

@@ -9,7 +9,9 @@
 //! other way. The tunnel is over when the app's direction has ended and
 //! the module's has ended or the module closed; a failure on either side
 //! shuts both sockets down, which wakes the other thread. Neither
-//! connection carries another request afterwards.
+//! connection carries another request afterwards. A `RELEASE` from the app
+//! (it handed the connection to threads of its own and returned) is passed
+//! to the caller's `on_release`, not to the module.
 
 use std::io::{self, Write};
 use std::net::Shutdown;
@@ -32,6 +34,7 @@ pub fn run(
     module: &mut Connection<UnixStream>,
     app: &mut Connection<UnixStream>,
     id: u32,
+    on_release: &mut (dyn FnMut() + Send),
 ) -> Ended {
     let writers = module
         .get_ref()
@@ -47,13 +50,13 @@ pub fn run(
     }
     std::thread::scope(|scope| {
         let from_app = scope.spawn(|| {
-            let result = forward(app, &to_module, id, "the app");
+            let result = forward(app, &to_module, id, "the app", Some(on_release));
             if result.is_err() {
                 let _ = to_module.shutdown(Shutdown::Both);
             }
             result
         });
-        let from_module = forward(module, &to_app, id, "the module");
+        let from_module = forward(module, &to_app, id, "the module", None);
         if from_module.is_err() {
             let _ = to_app.shutdown(Shutdown::Both);
         }
@@ -90,12 +93,14 @@ impl From<String> for DirectionError {
 }
 
 /// Copies one direction's frames from `from` to `to` until its `END`
-/// (passed on) or an `ERROR` (passed on, and the tunnel fails).
+/// (passed on) or an `ERROR` (passed on, and the tunnel fails). With
+/// `on_release` (the app's direction), a `RELEASE` is handed to it.
 fn forward(
     from: &mut Connection<UnixStream>,
     mut to: &UnixStream,
     id: u32,
     sender: &str,
+    mut on_release: Option<&mut (dyn FnMut() + Send)>,
 ) -> Result<(), DirectionError> {
     let mut frame = Vec::new();
     loop {
@@ -109,6 +114,12 @@ fn forward(
                 Message::End => {
                     Message::End.encode(id, &mut frame);
                     return write(&mut to, &frame);
+                }
+                Message::Release if on_release.is_some() => {
+                    if let Some(on_release) = on_release.as_mut() {
+                        on_release();
+                    }
+                    continue;
                 }
                 Message::Error { code, message } => {
                     let error = format!("{sender} ended the tunnel ({code}): {message}");
@@ -165,6 +176,7 @@ mod tests {
                 &mut Connection::new(module_ours),
                 &mut Connection::new(app_ours),
                 7,
+                &mut || {},
             )
         });
         (
@@ -225,6 +237,37 @@ mod tests {
         drop(module);
         assert!(matches!(app.read_frame(), Ok(None) | Err(_)));
         assert!(matches!(tunnel.join().unwrap(), Ended::Broken(_)));
+    }
+
+    #[test]
+    fn a_release_from_the_app_is_handed_over_not_relayed() {
+        let (module_ours, module_peer) = UnixStream::pair().unwrap();
+        let (app_ours, app_peer) = UnixStream::pair().unwrap();
+        let (released_tx, released_rx) = std::sync::mpsc::channel();
+        let tunnel = std::thread::spawn(move || {
+            run(
+                &mut Connection::new(module_ours),
+                &mut Connection::new(app_ours),
+                7,
+                &mut || released_tx.send(()).unwrap(),
+            )
+        });
+        let mut app = Connection::new(app_peer);
+        app.send(7, &Message::Release).unwrap();
+        app.send(7, &body(b"after the release")).unwrap();
+        let mut module = Connection::new(module_peer);
+        assert_eq!(
+            module.read_frame().unwrap(),
+            Some((7, body(b"after the release"))),
+            "the module never sees RELEASE"
+        );
+        released_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("on_release was called");
+        module.send(7, &Message::End).unwrap();
+        app.send(7, &Message::End).unwrap();
+        assert_eq!(module.read_frame().unwrap(), Some((7, Message::End)));
+        assert!(matches!(tunnel.join().unwrap(), Ended::Cleanly));
     }
 
     #[test]

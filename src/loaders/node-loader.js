@@ -61,6 +61,7 @@ const READ_BODY_SIZE = 64 * 1024;
 const T = {
   HELLO: 0x01, HELLO_OK: 0x02, CONFIGURE: 0x03, CONFIGURE_OK: 0x04,
   REQUEST: 0x10, BODY: 0x11, END: 0x12, MORE: 0x13, READ_BODY: 0x14,
+  RELEASE: 0x15, // sent by loaders whose apps can hijack a connection; never by this one
   RESPONSE: 0x20, ERROR: 0x30, PING: 0x40, PONG: 0x41,
   STATUS: 0x50, STATUS_REPLY: 0x51, READY: 0x60, SPAWN_ERROR: 0x61,
   FORK: 0x70, FORKED: 0x71, OOB_WORK: 0x72, OOB_DONE: 0x73,
@@ -71,7 +72,7 @@ for (const name of Object.keys(T)) TYPE_NAMES[T[name]] = name;
 const FIXED_PAYLOAD_LEN = {
   [T.HELLO]: 13, [T.CONFIGURE_OK]: 0, [T.END]: 0, [T.MORE]: 0, [T.READ_BODY]: 4,
   [T.PING]: 0, [T.PONG]: 0, [T.READY]: 4, [T.FORK]: 0, [T.FORKED]: 4,
-  [T.OOB_WORK]: 0, [T.OOB_DONE]: 0,
+  [T.OOB_WORK]: 0, [T.OOB_DONE]: 0, [T.RELEASE]: 0,
 };
 
 const FLAG_HAS_BODY = 0x01;

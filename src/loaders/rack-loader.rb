@@ -195,6 +195,7 @@ module PassengerRackLoader
   T_END = 0x12
   T_MORE = 0x13
   T_READ_BODY = 0x14
+  T_RELEASE = 0x15
   T_RESPONSE = 0x20
   T_ERROR = 0x30
   T_PING = 0x40
@@ -211,7 +212,8 @@ module PassengerRackLoader
   TYPE_NAMES = {
     T_HELLO => 'HELLO', T_HELLO_OK => 'HELLO_OK', T_CONFIGURE => 'CONFIGURE',
     T_CONFIGURE_OK => 'CONFIGURE_OK', T_REQUEST => 'REQUEST', T_BODY => 'BODY', T_END => 'END',
-    T_MORE => 'MORE', T_READ_BODY => 'READ_BODY', T_RESPONSE => 'RESPONSE', T_ERROR => 'ERROR',
+    T_MORE => 'MORE', T_READ_BODY => 'READ_BODY', T_RELEASE => 'RELEASE', T_RESPONSE => 'RESPONSE',
+    T_ERROR => 'ERROR',
     T_PING => 'PING', T_PONG => 'PONG', T_STATUS => 'STATUS', T_STATUS_REPLY => 'STATUS_REPLY',
     T_READY => 'READY', T_SPAWN_ERROR => 'SPAWN_ERROR', T_FORK => 'FORK', T_FORKED => 'FORKED',
     T_OOB_WORK => 'OOB_WORK', T_OOB_DONE => 'OOB_DONE'
@@ -222,7 +224,7 @@ module PassengerRackLoader
   TYPE_NAMES.each_key { |t| PAYLOAD_RULE[t] = -1 }
   { T_HELLO => 13, T_CONFIGURE_OK => 0, T_END => 0, T_MORE => 0, T_READ_BODY => 4, T_PING => 0,
     T_PONG => 0, T_READY => 4, T_FORK => 0, T_FORKED => 4, T_OOB_WORK => 0,
-    T_OOB_DONE => 0 }.each { |t, n| PAYLOAD_RULE[t] = n }
+    T_OOB_DONE => 0, T_RELEASE => 0 }.each { |t, n| PAYLOAD_RULE[t] = n }
   PAYLOAD_RULE.freeze
 
   FLAG_HAS_BODY = 0x01
@@ -1224,8 +1226,11 @@ module PassengerRackLoader
       # @outcome, :tunnel when a 101 went out, :done when the relay thread is
       #   over (a Queue, because the serving thread blocks on it);
       # @abort_lock: both directions can fail at the same moment, the Mutex
-      #   makes the first failure the one that is logged and acted on.
+      #   makes the first failure the one that is logged and acted on;
+      # @last_lock: the relay's last frame (END, or ERROR) and RELEASE
+      #   exclude each other, so that RELEASE never follows the end.
       @aborted = false
+      @released = false # RELEASE went out: the rest streams from the app's threads
     end
 
     # rack.hijack: a full hijack. The app's end of the connection (the same
@@ -1275,6 +1280,27 @@ module PassengerRackLoader
       @relay.join
       false
     end
+
+    # After the app returned from the request: if it kept its end open and
+    # the relay still runs (the app streams the rest from threads of its
+    # own: a long poll, a WebSocket), tells the agent that the process may
+    # take other requests (RELEASE) and returns true; the connection then
+    # carries no other request. False when the app closed its end (the
+    # relay is about to finish), the relay is over, or the agent went away.
+    def release
+      return false if @app_io.closed?
+
+      @last_lock.synchronize do
+        return false if @over || @aborted
+
+        @conn.write(PassengerRackLoader.frame(T_RELEASE, @rid))
+        @released = true
+      end
+    rescue IOError, SystemCallError
+      false
+    end
+
+    def released? = @released
 
     # Blocks until both directions of the tunnel are done.
     def wait
@@ -1326,6 +1352,8 @@ module PassengerRackLoader
     def open_pair
       @outcome = Queue.new
       @abort_lock = Mutex.new
+      @last_lock = Mutex.new
+      @over = false
       app_io, @io = UNIXSocket.pair(:STREAM)
       app_io.binmode
       @io.binmode
@@ -1370,6 +1398,14 @@ module PassengerRackLoader
       nil # the agent went away: conn.failed is set
     end
 
+    # The relay's last frame of the request (or of the app's direction).
+    def write_last(frame)
+      @last_lock.synchronize do
+        @over = true
+        @conn.write(frame)
+      end
+    end
+
     # The body of an ordinary response, from the app's socket, then END.
     def relay_body(stream, framing)
       case framing
@@ -1377,7 +1413,7 @@ module PassengerRackLoader
       when :chunked then copy_chunked(stream)
       else copy_to_eof(stream)
       end
-      @conn.write(PassengerRackLoader.end_frame(@rid4))
+      write_last(PassengerRackLoader.end_frame(@rid4))
     rescue HijackError => e
       fail_relay("the response body on the hijacked connection was cut short: #{e.message}")
     rescue IOError, SystemCallError
@@ -1389,7 +1425,7 @@ module PassengerRackLoader
       return if @aborted
 
       PassengerRackLoader.log("#{what}: #{message}")
-      @conn.write(PassengerRackLoader.error_frame(ERROR_BAD_GATEWAY, message, @rid))
+      write_last(PassengerRackLoader.error_frame(ERROR_BAD_GATEWAY, message, @rid))
     rescue IOError, SystemCallError
       nil # conn.failed is set: the connection is dropped
     end
@@ -1438,7 +1474,7 @@ module PassengerRackLoader
     # App to agent: the app's bytes as BODY frames, END at its EOF.
     def pump_up(stream)
       copy_to_eof(stream)
-      @conn.write(PassengerRackLoader.end_frame(@rid4)) unless @aborted
+      write_last(PassengerRackLoader.end_frame(@rid4)) unless @aborted
     rescue IOError, SystemCallError
       abort!(nil) # the agent went away
     end
@@ -1669,6 +1705,7 @@ module PassengerRackLoader
     # The requests of one persistent connection, until EOF or an error.
     def serve_connection(sock, threaded = false)
       conn = Connection.new(sock)
+      handed_off = false
       while true
         begin
           type = if threaded
@@ -1682,12 +1719,16 @@ module PassengerRackLoader
           when T_REQUEST
             @busy = true unless threaded
             begin
-              tunnel = handle_request(conn)
+              held = handle_request(conn)
             ensure
               @busy = false unless threaded
             end
-            if tunnel
-              hold_tunnel(tunnel, threaded)
+            if held&.released?
+              hand_off(sock, held)
+              handed_off = true
+              break
+            elsif held
+              hold_tunnel(held, threaded)
               break
             end
             if (failed = conn.failed)
@@ -1730,10 +1771,18 @@ module PassengerRackLoader
         PassengerRackLoader.log("connection error: #{e.class}: #{e.message}")
       end
     ensure
-      begin
-        sock.close
-      rescue IOError, SystemCallError
-        nil
+      PassengerRackLoader.close_quietly(sock) unless handed_off
+    end
+
+    # A released request (see Hijack#release) streams on from the app's
+    # threads; its connection carries no other request. A thread of its own
+    # waits for the relay to finish, then closes it.
+    def hand_off(sock, hijack)
+      Thread.new do
+        hijack.wait
+      ensure
+        hijack.close
+        PassengerRackLoader.close_quietly(sock)
       end
     end
 
@@ -1811,11 +1860,11 @@ module PassengerRackLoader
       conn.head_sent = false
       conn.ended = false
       respond(conn, rid, rid4, env, input, finished, hijack)
-      tunnel = hijack if hijack.hijacked? && hijack.await_response
+      held = hijack if hijack.hijacked? && (hijack.release || hijack.await_response)
     ensure
       input.detach if input.is_a?(Input)
-      hijack.close if hijack && !tunnel
-      conn.declined_upgrade = upgrade && !tunnel ? rid : nil
+      hijack.close if hijack && !held
+      conn.declined_upgrade = upgrade && !held ? rid : nil
     end
 
     # Calls the app and sends its response. After a full hijack the response
@@ -2195,6 +2244,13 @@ module PassengerRackLoader
       return "Bundler: #{one_line(exc)}"
     end
     one_line(exc)
+  end
+
+  # Closes +io+; a failure to close (it is gone already) is nobody's concern.
+  def self.close_quietly(io)
+    io.close
+  rescue IOError, SystemCallError
+    nil
   end
 
   def self.write_all(io, data)

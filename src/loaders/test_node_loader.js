@@ -30,7 +30,7 @@ const loader = require(LOADER); // the codec it exports when it is not the main 
 
 const T = {
   HELLO: 0x01, HELLO_OK: 0x02, CONFIGURE: 0x03, CONFIGURE_OK: 0x04, REQUEST: 0x10,
-  BODY: 0x11, END: 0x12, MORE: 0x13, READ_BODY: 0x14, RESPONSE: 0x20, ERROR: 0x30,
+  BODY: 0x11, END: 0x12, MORE: 0x13, READ_BODY: 0x14, RELEASE: 0x15, RESPONSE: 0x20, ERROR: 0x30,
   PING: 0x40, PONG: 0x41, STATUS: 0x50, STATUS_REPLY: 0x51, READY: 0x60, SPAWN_ERROR: 0x61,
   FORK: 0x70, FORKED: 0x71, OOB_WORK: 0x72, OOB_DONE: 0x73,
 };
@@ -60,6 +60,7 @@ const SCHEMA = {
   FORKED: [['pid', 'u32']],
   OOB_WORK: [],
   OOB_DONE: [],
+  RELEASE: [],
 };
 
 class Malformed extends Error {}

@@ -32,8 +32,8 @@ RUBY = RbConfig.ruby
 module Codec
   T = {
     HELLO: 0x01, HELLO_OK: 0x02, CONFIGURE: 0x03, CONFIGURE_OK: 0x04, REQUEST: 0x10, BODY: 0x11,
-    END: 0x12, MORE: 0x13, READ_BODY: 0x14, RESPONSE: 0x20, ERROR: 0x30, PING: 0x40, PONG: 0x41,
-    STATUS: 0x50, STATUS_REPLY: 0x51, READY: 0x60, SPAWN_ERROR: 0x61, FORK: 0x70, FORKED: 0x71,
+    END: 0x12, MORE: 0x13, READ_BODY: 0x14, RELEASE: 0x15, RESPONSE: 0x20, ERROR: 0x30, PING: 0x40,
+    PONG: 0x41, STATUS: 0x50, STATUS_REPLY: 0x51, READY: 0x60, SPAWN_ERROR: 0x61, FORK: 0x70, FORKED: 0x71,
     OOB_WORK: 0x72, OOB_DONE: 0x73
   }.freeze
   NAMES = T.invert.freeze
@@ -44,6 +44,7 @@ module Codec
     HELLO_OK: [%i[agent_pid u32], %i[instance bytes]],
     CONFIGURE: [%i[generation u64], %i[config bytes]],
     CONFIGURE_OK: [], END: [], MORE: [], PING: [], PONG: [], FORK: [], OOB_WORK: [], OOB_DONE: [],
+    RELEASE: [],
     REQUEST: [%i[flags u8], %i[options pairs], %i[env pairs]],
     BODY: [%i[data raw]],
     READ_BODY: [%i[max u32]],
@@ -201,9 +202,21 @@ class Conn
     @sock = sock
     @buf = ''.b
     @timeout = timeout
+    @released = []
+    @ended = []
   end
 
+  # Whether the loader sent RELEASE for request +rid+. RELEASE frames are
+  # recorded here, not returned by read_frame; one after its request's END
+  # fails the test.
+  def released?(rid) = @released.include?(rid)
+
   def write(data)
+    if data.bytesize >= 12 && data.getbyte(3) == Codec::T[:REQUEST]
+      rid = data.unpack1('N', offset: 4) # a new request: forget the last one of this id
+      @released.delete(rid)
+      @ended.delete(rid)
+    end
     @sock.write(data)
   end
 
@@ -217,6 +230,15 @@ class Conn
         if @buf.bytesize >= 12 + len
           payload = @buf.byteslice(12, len)
           @buf = @buf.byteslice(12 + len, @buf.bytesize - 12 - len)
+          if type == Codec::T[:RELEASE]
+            raise "RELEASE of request #{rid} after its END" if @ended.include?(rid)
+            raise "RELEASE of request #{rid} twice" if @released.include?(rid)
+            raise "RELEASE with a payload of #{len} bytes" unless len.zero?
+
+            @released << rid
+            next
+          end
+          @ended << rid if type == Codec::T[:END]
           return [type, rid, payload]
         end
       end
@@ -2049,9 +2071,12 @@ class TestUpgrade < LoaderTest
     assert_equal ['', :END], read_to_end(c) # agent END → app EOF → app closes → END
     assert_equal 'x', wait_file('app-saw-eof')
     assert c.closed?
+    assert c.released?(7)
     assert_equal 'true true false', get(connect, '/flags').body # the next connection is served
   end
 
+  # An app that finishes the tunnel before it returns keeps its slot to the
+  # end: nothing is released.
   def test_synchronous_full_hijack
     c = connect
     assert_equal WS_HEADERS, open_tunnel(c, '/ws_sync')
@@ -2060,6 +2085,7 @@ class TestUpgrade < LoaderTest
     c.write(end_frame)
     assert_equal ['', :END], read_to_end(c)
     assert c.closed?
+    refute c.released?(7)
   end
 
   def test_app_closes_first
@@ -2127,17 +2153,26 @@ class TestUpgrade < LoaderTest
     refute_includes stderr, 'protocol error'
   end
 
+  # /ws_403 and /ws_chunked keep the app's end open after their response
+  # (which ends by its own framing): the request may be released, and its
+  # connection closed after it, so each gets a connection of its own,
+  # closed after it (the loader serves one connection at a time).
   def test_full_hijack_with_an_ordinary_response
-    c = connect
-    res = do_request(c, rid: 1, env: upgrade_env('/ws_403'), flags: 4)
+    once = connect
+    res = do_request(once, rid: 1, env: upgrade_env('/ws_403'), flags: 4)
     assert_equal [403, 'Forbidden', [%w[Content-Type text/plain], %w[Content-Length 6]], 'denied', true],
                  [res.status, res.reason, res.headers, res.body, res.ended]
-    res = do_request(c, rid: 2, env: upgrade_env('/ws_chunked'), flags: 4)
+    once.close
+    once = connect
+    res = do_request(once, rid: 2, env: upgrade_env('/ws_chunked'), flags: 4)
     assert_equal [200, 'OK', [%w[X-A 1]], 'hello, world', true],
                  [res.status, res.reason, res.headers, res.body, res.ended]
+    once.close
+    c = connect
     res = do_request(c, rid: 3, env: upgrade_env('/ws_eof'), flags: 4)
     assert_equal [200, 'Fine', [%w[Content-Type text/plain]], 'until eof', true],
                  [res.status, res.reason, res.headers, res.body, res.ended]
+    refute c.released?(3), 'the app closed its end before it returned'
     assert_equal 'true true false', get(c, '/flags', 4).body # the connection goes on
   end
 
@@ -2160,18 +2195,21 @@ class TestUpgrade < LoaderTest
   # Any request can be hijacked (a long poll, a stream); only an upgrade
   # request can be answered with a 101.
   def test_ordinary_requests_can_be_hijacked
+    once = connect # the app's end stays open: maybe released (see above)
+    res = get(once, '/ws_chunked', 2)
+    assert_equal [200, [%w[X-A 1]], 'hello, world', true], [res.status, res.headers, res.body, res.ended]
+    once.close # one connection at a time (concurrency 1)
     c = connect
     assert_equal 'true true false', get(c, '/flags').body
-    res = get(c, '/ws_chunked', 2)
-    assert_equal [200, [%w[X-A 1]], 'hello, world', true], [res.status, res.headers, res.body, res.ended]
     res = get(c, '/partial_on_ordinary', 3)
     assert_equal [200, [%w[content-type text/plain]], 'streamed', true],
                  [res.status, res.headers, res.body, res.ended]
     res = do_request(c, rid: 4, env: default_env('POST', '/hijack_after_body'), body: 'form=1')
     assert_equal [200, 'form=1|'], [res.status, res.body]
-    res = do_request(c, rid: 5, env: default_env('HEAD', '/ws_403'))
+    assert_equal 'true true false', get(c, '/flags', 5).body # the connection goes on
+    c.close
+    res = do_request(connect, rid: 6, env: default_env('HEAD', '/ws_403')) # open end: maybe released
     assert_equal [403, '', true], [res.status, res.body, res.ended]
-    assert_equal 'true true false', get(c, '/flags', 6).body # the connection goes on
     refute_includes stderr, 'error'
   end
 
@@ -2182,10 +2220,14 @@ class TestUpgrade < LoaderTest
     assert_equal [:RESPONSE, 200, [%w[Content-Type text/plain]]],
                  [Codec::NAMES[type], parse_response(payload)[0], parse_response(payload)[2]]
     assert_equal [Codec::T[:BODY], 1, 'first'], c.read_frame # before the app wrote the rest
+    # The app returned and streams from its own thread: the process, which
+    # serves one request at a time, takes another meanwhile.
+    assert c.released?(1)
+    assert_equal 'true true false', get(connect, '/flags').body
     File.write(path('go-on'), 'x')
     assert_equal [Codec::T[:BODY], 1, 'second'], c.read_frame
     assert_equal Codec::T[:END], c.read_frame[0]
-    assert_equal 'true true false', get(c, '/flags', 2).body
+    assert c.closed?, 'a released request is the last on its connection'
   end
 
   def test_only_an_upgrade_request_switches_protocols
@@ -2227,16 +2269,20 @@ class TestUpgrade < LoaderTest
     assert_includes stderr, 'unexpected message type PING in a tunnel'
   end
 
-  def test_a_tunnel_holds_the_only_slot
+  # The app took the WebSocket over and returned: the process, which serves
+  # one request at a time, takes others while the tunnel is open.
+  def test_a_released_tunnel_leaves_the_process_free
     a = connect
     open_tunnel(a, '/ws')
     b = connect
-    do_request(b, env: default_env('GET', '/flags'), read_response: false)
-    assert_raises(TimeoutError) { b.read_frame(0.5) }
+    assert_equal 'true true false', get(b, '/flags').body
+    assert a.released?(7)
+    a.write(body('still open'))
+    assert_equal 'still open', read_bytes(a, 10)
+    assert_equal 'true true false', get(b, '/flags', 2).body
     a.write(end_frame)
     assert_equal ['', :END], read_to_end(a)
-    type, = b.read_frame
-    assert_equal :RESPONSE, Codec::NAMES[type]
+    assert a.closed?
   end
 
   def test_sigterm_ends_an_open_tunnel

@@ -92,6 +92,9 @@ struct Process {
     concurrency: u32,
     /// Requests it is serving now.
     sessions: u32,
+    /// Requests the app released (see [`Lease::release`]) that still
+    /// stream: they keep the process alive, not busy.
+    streams: u32,
     /// Connections ready for the next request.
     idle: Vec<AppConnection>,
     /// Requests served so far.
@@ -99,7 +102,7 @@ struct Process {
     last_used: Instant,
     /// When it joined the pool.
     spawned_at: Instant,
-    /// Taken out of rotation: it stops once its sessions end.
+    /// Taken out of rotation: it stops once its sessions and streams end.
     detached: bool,
     /// The app asked for out-of-band work after its last request.
     oob_pending: bool,
@@ -108,6 +111,11 @@ struct Process {
 }
 
 impl Process {
+    /// Serving a request, or streaming one it released.
+    fn busy(&self) -> bool {
+        self.sessions > 0 || self.streams > 0
+    }
+
     fn has_free_slot(&self) -> bool {
         !self.detached
             && !self.in_oob
@@ -240,6 +248,9 @@ pub struct Lease {
     oob: bool,
     /// How long the request waited in the queue for this slot.
     queued_for: Duration,
+    /// The slot went back to the pool before the request ended (see
+    /// [`Lease::release`]).
+    released: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -254,12 +265,19 @@ impl Lease {
         self.pid
     }
 
-    /// The connection to the process, connecting if there is no idle one.
-    pub fn connection(&mut self) -> io::Result<&mut AppConnection> {
+    /// The connection to the process, connecting if there is no idle one,
+    /// with the means to release the slot while the connection is in use.
+    pub fn connection(&mut self) -> io::Result<(&mut AppConnection, Release<'_>)> {
         if self.conn.is_none() {
             self.conn = Some(Connection::new(UnixStream::connect(&self.socket)?));
         }
-        Ok(self.conn.as_mut().expect("set above"))
+        let release = Release {
+            pool: &self.pool,
+            group: &self.group,
+            process_id: self.process_id,
+            released: &mut self.released,
+        };
+        Ok((self.conn.as_mut().expect("set above"), release))
     }
 
     /// Whether the connection came from the idle list (it may be stale).
@@ -297,14 +315,58 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let conn = if self.reusable {
-            self.conn.take()
+        let end = if self.released {
+            // The app closes a released request's connection: never reused.
+            SlotEnd::StreamOver
         } else {
-            None
+            SlotEnd::Finished {
+                conn: if self.reusable {
+                    self.conn.take()
+                } else {
+                    None
+                },
+                oob: self.oob,
+            }
         };
-        self.pool
-            .checkin(&self.group, self.process_id, conn, self.oob);
+        self.pool.checkin(&self.group, self.process_id, end);
     }
+}
+
+/// Gives a lease's slot back while its request goes on: the app hijacked
+/// the request's connection and returned (`RELEASE`), and streams the
+/// rest from threads of its own. The process may take another request at
+/// once; the request, now a stream of the process, keeps it alive (no idle
+/// shutdown, no stop on restart) until the lease is dropped.
+pub struct Release<'a> {
+    pool: &'a Pool,
+    group: &'a str,
+    process_id: u64,
+    released: &'a mut bool,
+}
+
+impl Release<'_> {
+    /// Releases the slot; a second call does nothing.
+    pub fn release(&mut self) {
+        if !*self.released {
+            *self.released = true;
+            self.pool
+                .checkin(self.group, self.process_id, SlotEnd::Released);
+        }
+    }
+}
+
+/// How a slot comes back to the pool.
+enum SlotEnd {
+    /// The request is over; its connection, if clean, goes to the idle
+    /// list; out-of-band work was asked for, or not.
+    Finished {
+        conn: Option<AppConnection>,
+        oob: bool,
+    },
+    /// The request goes on as a stream (see [`Release`]).
+    Released,
+    /// A released request is over.
+    StreamOver,
 }
 
 impl Pool {
@@ -491,6 +553,7 @@ impl Pool {
             reusable: false,
             oob: false,
             queued_for: Duration::ZERO,
+            released: false,
         })
     }
 
@@ -563,7 +626,7 @@ impl Pool {
             .flat_map(|(other, g)| {
                 g.processes
                     .iter()
-                    .filter(|p| !p.detached && p.sessions == 0)
+                    .filter(|p| !p.detached && !p.busy())
                     .map(move |p| (other.clone(), p.id, p.last_used))
             })
             .min_by_key(|(_, _, last_used)| *last_used);
@@ -664,6 +727,7 @@ impl Pool {
                         socket: spawned.socket,
                         concurrency: spawned.concurrency,
                         sessions: 0,
+                        streams: 0,
                         idle: Vec::new(),
                         processed: 0,
                         last_used: Instant::now(),
@@ -701,8 +765,8 @@ impl Pool {
         self.run(deferred);
     }
 
-    /// Returns a slot (from a dropped [`Lease`]).
-    fn checkin(&self, name: &str, process_id: u64, conn: Option<AppConnection>, oob: bool) {
+    /// Returns a slot (from a dropped [`Lease`] or a [`Release`]).
+    fn checkin(&self, name: &str, process_id: u64, end: SlotEnd) {
         let mut deferred = Deferred::default();
         {
             let mut state = self.state.lock();
@@ -713,16 +777,26 @@ impl Pool {
             let Some(process) = group.processes.iter_mut().find(|p| p.id == process_id) else {
                 return;
             };
-            process.sessions -= 1;
-            process.processed += 1;
             process.last_used = Instant::now();
-            if let Some(conn) = conn
-                && !process.detached
-            {
-                process.idle.push(conn);
-            }
-            if oob && !process.detached {
-                process.oob_pending = true;
+            match end {
+                SlotEnd::Finished { conn, oob } => {
+                    process.sessions -= 1;
+                    process.processed += 1;
+                    if let Some(conn) = conn
+                        && !process.detached
+                    {
+                        process.idle.push(conn);
+                    }
+                    if oob && !process.detached {
+                        process.oob_pending = true;
+                    }
+                }
+                SlotEnd::Released => {
+                    process.sessions -= 1;
+                    process.streams += 1;
+                    process.processed += 1;
+                }
+                SlotEnd::StreamOver => process.streams -= 1,
             }
             if max_requests > 0 && process.processed >= max_requests && !process.detached {
                 log::info!(
@@ -731,7 +805,7 @@ impl Pool {
                     process.handle.pid()
                 );
                 detach(group, process_id, &mut deferred);
-            } else if process.detached && process.sessions == 0 {
+            } else if process.detached && !process.busy() {
                 remove_and_stop(group, process_id, &mut deferred);
             }
             self.plan_oob(&mut state, name, &mut deferred);
@@ -770,7 +844,7 @@ impl Pool {
         let Some(id) = group
             .processes
             .iter()
-            .find(|p| p.oob_pending && p.sessions == 0 && !p.detached)
+            .find(|p| p.oob_pending && !p.busy() && !p.detached)
             .map(|p| p.id)
             .filter(|&id| others_available(id))
         else {
@@ -900,9 +974,7 @@ impl Pool {
                 let mut idle: Vec<(u64, Instant)> = group
                     .processes
                     .iter()
-                    .filter(|p| {
-                        !p.detached && p.sessions == 0 && p.last_used.elapsed() >= idle_time
-                    })
+                    .filter(|p| !p.detached && !p.busy() && p.last_used.elapsed() >= idle_time)
                     .map(|p| (p.id, p.last_used))
                     .collect();
                 idle.sort_by_key(|&(_, last_used)| last_used);
@@ -1103,7 +1175,7 @@ fn detach(group: &mut Group, process_id: u64, deferred: &mut Deferred) {
     };
     process.detached = true;
     process.idle.clear();
-    if process.sessions == 0 {
+    if !process.busy() {
         remove_and_stop(group, process_id, deferred);
     }
 }
@@ -1147,11 +1219,19 @@ mod tests {
     }
 
     fn pool(max_pool_size: usize) -> (Arc<Pool>, Arc<DummySpawner>) {
+        pool_idle_after(max_pool_size, Duration::from_secs(300))
+    }
+
+    /// A pool whose processes are idle after `pool_idle_time`.
+    fn pool_idle_after(
+        max_pool_size: usize,
+        pool_idle_time: Duration,
+    ) -> (Arc<Pool>, Arc<DummySpawner>) {
         let spawner = Arc::new(DummySpawner::default());
         let limits = Limits {
             max_pool_size,
             max_instances_per_app: 0,
-            pool_idle_time: Duration::from_secs(300),
+            pool_idle_time,
             stat_throttle: Duration::ZERO,
         };
         (Pool::new(spawner.clone(), limits), spawner)
@@ -1268,14 +1348,7 @@ mod tests {
 
     #[test]
     fn idle_processes_are_stopped_down_to_min_instances() {
-        let spawner = Arc::new(DummySpawner::default());
-        let limits = Limits {
-            max_pool_size: 4,
-            max_instances_per_app: 0,
-            pool_idle_time: Duration::from_millis(50),
-            stat_throttle: Duration::ZERO,
-        };
-        let pool = Pool::new(spawner.clone(), limits);
+        let (pool, _) = pool_idle_after(4, Duration::from_millis(50));
         let opts = || options("/app", &[("PassengerMinInstances", "0")]);
         let a = pool.checkout(&opts()).unwrap();
         let b = pool.checkout(&opts()).unwrap();
@@ -1283,6 +1356,41 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         pool.collect_idle();
         assert_eq!(live(&pool), 0);
+        pool.shutdown(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_released_slot_takes_another_request_and_the_stream_keeps_the_process() {
+        let (pool, spawner) = pool_idle_after(1, Duration::from_millis(50));
+        let opts = || options("/app", &[("PassengerMinInstances", "0")]);
+        let mut streaming = pool.checkout(&opts()).unwrap();
+        let pid = streaming.pid();
+        {
+            let (_conn, mut release) = streaming.connection().unwrap();
+            release.release();
+            release.release();
+        }
+        // The pool's only process takes the next request at once, twice:
+        // the second release did not free a second slot.
+        let next = pool.checkout(&opts()).unwrap();
+        assert_eq!(next.pid(), pid);
+        let queued = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.checkout(&opts()).map(|l| l.pid()))
+        };
+        eventually("a request queued", || pool.snapshot()[0].waiting == 1);
+        drop(next);
+        assert_eq!(queued.join().unwrap().unwrap(), pid);
+        // Idle by its sessions, but still streaming: not stopped.
+        std::thread::sleep(Duration::from_millis(100));
+        pool.collect_idle();
+        assert_eq!(live(&pool), 1);
+        // Once the stream is over the process is idle like any other.
+        drop(streaming);
+        std::thread::sleep(Duration::from_millis(100));
+        pool.collect_idle();
+        assert_eq!(live(&pool), 0);
+        assert_eq!(spawner.spawned.load(Ordering::SeqCst), 1);
         pool.shutdown(Duration::from_secs(5));
     }
 

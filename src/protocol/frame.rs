@@ -48,6 +48,9 @@ pub mod kind {
     pub const MORE: u8 = 0x13;
     /// `READ_BODY`: asks for at most n more bytes of request body.
     pub const READ_BODY: u8 = 0x14;
+    /// `RELEASE`: the app hijacked the request's connection and returned;
+    /// its process may take another request.
+    pub const RELEASE: u8 = 0x15;
     /// `RESPONSE`: the response head (status, reason, headers).
     pub const RESPONSE: u8 = 0x20;
     /// `ERROR`: a failed request or a protocol error (code, message).
@@ -87,6 +90,7 @@ pub fn kind_name(code: u8) -> Option<&'static str> {
         kind::END => "END",
         kind::MORE => "MORE",
         kind::READ_BODY => "READ_BODY",
+        kind::RELEASE => "RELEASE",
         kind::RESPONSE => "RESPONSE",
         kind::ERROR => "ERROR",
         kind::PING => "PING",
@@ -280,7 +284,7 @@ mod tests {
         h[2] = 0;
         assert!(matches!(check_frame(&h), Err(Error::BadVersion(0))));
 
-        for unknown in [0x00, 0x05, 0x15, 0x31, 0x42, 0x62, 0xff] {
+        for unknown in [0x00, 0x05, 0x16, 0x31, 0x42, 0x62, 0xff] {
             let h = header(unknown, 0, 0);
             assert!(matches!(check_frame(&h), Err(Error::UnknownType(k)) if k == unknown));
         }
@@ -298,6 +302,7 @@ mod tests {
             kind::END,
             kind::MORE,
             kind::READ_BODY,
+            kind::RELEASE,
             kind::RESPONSE,
             kind::ERROR,
             kind::PING,

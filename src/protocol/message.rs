@@ -198,6 +198,10 @@ pub enum Message {
     OobWork,
     /// `OOB_DONE`: the out-of-band work is finished.
     OobDone,
+    /// `RELEASE`: the app hijacked the request's connection (rack.hijack)
+    /// and returned from the request: the process may take another
+    /// request while this one streams on; the connection carries no other.
+    Release,
 }
 
 impl Message {
@@ -225,6 +229,7 @@ impl Message {
             Message::Forked { .. } => kind::FORKED,
             Message::OobWork => kind::OOB_WORK,
             Message::OobDone => kind::OOB_DONE,
+            Message::Release => kind::RELEASE,
         }
     }
 
@@ -238,7 +243,7 @@ impl Message {
             Message::Configure { config, .. } => 8 + bytes_len(config),
             Message::ConfigureOk | Message::End | Message::More => 0,
             Message::Ping | Message::Pong => 0,
-            Message::Fork | Message::OobWork | Message::OobDone => 0,
+            Message::Fork | Message::OobWork | Message::OobDone | Message::Release => 0,
             Message::Forked { .. } => 4,
             Message::Request(r) => 1 + r.options.encoded_len() + r.env.encoded_len(),
             Message::Body(data) => data.len(),
@@ -292,7 +297,7 @@ impl Message {
             }
             Message::ConfigureOk | Message::End | Message::More => {}
             Message::Ping | Message::Pong => {}
-            Message::Fork | Message::OobWork | Message::OobDone => {}
+            Message::Fork | Message::OobWork | Message::OobDone | Message::Release => {}
             Message::Forked { pid } => out.extend_from_slice(&pid.to_be_bytes()),
             Message::Request(r) => {
                 out.push(r.flags);
@@ -401,6 +406,7 @@ impl Message {
             kind::FORKED => Message::Forked { pid: r.u32()? },
             kind::OOB_WORK => Message::OobWork,
             kind::OOB_DONE => Message::OobDone,
+            kind::RELEASE => Message::Release,
             other => return Err(Error::UnknownType(other)),
         };
         r.finish()?;
@@ -597,6 +603,7 @@ mod tests {
             Message::Forked { pid: 31337 },
             Message::OobWork,
             Message::OobDone,
+            Message::Release,
         ]
     }
 
@@ -994,6 +1001,7 @@ mod tests {
             },
             "OOB_WORK" => Message::OobWork,
             "OOB_DONE" => Message::OobDone,
+            "RELEASE" => Message::Release,
             other => panic!("unknown type {other} in vector {v}"),
         }
     }

@@ -1,9 +1,11 @@
 //! A stand-in spawner for pool tests: each "app process" is a real `sleep`
 //! child (so exits, signals and reaping are real), with no loader behind
-//! its socket path.
+//! its socket: a listening socket that takes connections and never
+//! answers on them.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,6 +28,20 @@ pub struct DummySpawner {
     pub delay: Mutex<Duration>,
     /// The handles of the processes started, in order.
     pub handles: Mutex<Vec<Arc<ProcessHandle>>>,
+    /// The processes' sockets, in a directory of this spawner's.
+    listeners: Mutex<Vec<UnixListener>>,
+}
+
+impl DummySpawner {
+    fn socket_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("mp-dummy-{}-{:p}", std::process::id(), self))
+    }
+}
+
+impl Drop for DummySpawner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.socket_dir());
+    }
 }
 
 impl Spawner for DummySpawner {
@@ -59,9 +75,15 @@ impl Spawner for DummySpawner {
             Arc::new(Mutex::new(VecDeque::new())),
         );
         self.handles.lock().push(Arc::clone(&handle));
+        let dir = self.socket_dir();
+        std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
+        let socket = dir.join(format!("dummy-{n}.sock"));
+        self.listeners
+            .lock()
+            .push(UnixListener::bind(&socket).expect("a fresh socket path"));
         Ok(Spawned {
             handle,
-            socket: PathBuf::from(format!("/nonexistent/dummy-{n}.sock")),
+            socket,
             concurrency: 1,
         })
     }

@@ -52,6 +52,18 @@ app = lambda do |env|
       io.close
     end
     [200, {}, []]
+  when '/held_poll'
+    # A long poll answered when the file tmp/answer-poll appears, from the
+    # app's own thread; the request returns at once (tmp/poll-held says so).
+    io = env['rack.hijack'].call
+    File.write(File.join(Dir.pwd, 'tmp', 'poll-held'), '')
+    Thread.new do
+      io.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\n")
+      sleep 0.02 until File.exist?(File.join(Dir.pwd, 'tmp', 'answer-poll'))
+      io.write('answered')
+      io.close
+    end
+    [200, {}, []]
   when '/cookies'
     [201, { 'content-type' => 'text/plain', 'set-cookie' => "a=1\nb=2" }, ['cookies']]
   else

@@ -10,8 +10,12 @@ OP_CLOSE = 8
 OP_PING = 9
 OP_PONG = 10
 
-# Every open WebSocket holds a connection: serve several at once.
-PhusionPassenger.advertised_concurrency_level = 8 if defined?(PhusionPassenger)
+# Serve several connections at once, as the original needs it for
+# WebSockets (each holds its process there). A file "one-at-a-time" in the
+# app root keeps the default: one request at a time.
+if defined?(PhusionPassenger) && !File.exist?(File.join(Dir.pwd, 'one-at-a-time'))
+  PhusionPassenger.advertised_concurrency_level = 8
+end
 
 # A server frame (never masked).
 def ws_frame(opcode, payload)
