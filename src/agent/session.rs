@@ -425,7 +425,7 @@ fn serve_request(
             Err(Relay::AppBroken {
                 answered: false,
                 error,
-            }) if attempt < MAX_ATTEMPTS && !outcome.body_pulled => {
+            }) if attempt < MAX_ATTEMPTS && outcome.replayable() => {
                 log::warn!(target: "MP0709", "process {} of {} failed before answering ({error}): trying another", lease.pid(), options.app_group_name);
                 lease.discard_connection();
                 lease.kill_process();
@@ -495,7 +495,7 @@ fn dispatch(
         match result {
             Err(Relay::AppBroken {
                 answered: false, ..
-            }) if reused && fresh_retry_left && !outcome.body_pulled && !outcome.released => {
+            }) if reused && fresh_retry_left && outcome.replayable() => {
                 fresh_retry_left = false;
                 lease.discard_connection();
             }
@@ -568,9 +568,17 @@ struct RelayOutcome {
     body_pulled: bool,
     /// The app switched protocols and the tunnel is over.
     tunneled: bool,
-    /// The app released the process's slot (`RELEASE`): the request must
-    /// not be replayed.
+    /// The app released the process's slot (`RELEASE`): it ran the request.
     released: bool,
+}
+
+impl RelayOutcome {
+    /// Whether the request can go to another process or connection after
+    /// a failure before any answer: nothing beyond the body prefix was
+    /// pulled, and the app did not take the request over.
+    fn replayable(&self) -> bool {
+        !self.body_pulled && !self.released
+    }
 }
 
 /// How relaying can fail.
