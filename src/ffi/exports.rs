@@ -216,6 +216,7 @@ pub unsafe extern "C" fn mp_handle_request(
         let (status, code) = match handler::handle(
             head,
             info.has_body,
+            info.content_length,
             handle.dir.error_override(),
             &mut bridge,
         ) {

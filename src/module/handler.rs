@@ -97,13 +97,15 @@ struct Body {
     consumed_past_prefix: bool,
 }
 
-/// Serves one request through the agent. With `error_override`
-/// (PassengerErrorOverride), a response of status 400 or more is not sent:
-/// its body is read and dropped, and Apache answers with its own
-/// ErrorDocument for that status.
+/// Serves one request through the agent. `content_length` is the body's
+/// announced length, if any (it sizes the buffer of the body prefix). With
+/// `error_override` (PassengerErrorOverride), a response of status 400 or
+/// more is not sent: its body is read and dropped, and Apache answers with
+/// its own ErrorDocument for that status.
 pub fn handle(
     head: RequestHead,
     has_body: bool,
+    content_length: Option<u64>,
     error_override: bool,
     io: &mut dyn RequestIo,
 ) -> Outcome {
@@ -112,7 +114,7 @@ pub fn handle(
         ended: !has_body,
         consumed_past_prefix: false,
     };
-    if has_body && let Err(e) = read_prefix(io, &mut body) {
+    if has_body && let Err(e) = read_prefix(io, &mut body, content_length) {
         log::info!(target: "MP0201", "the client's request body could not be read: {e}");
         return Outcome::Failed(400);
     }
@@ -169,10 +171,22 @@ enum Exchange {
     Broken(String),
 }
 
-fn read_prefix(io: &mut dyn RequestIo, body: &mut Body) -> io::Result<()> {
-    body.prefix.resize(MAX_BODY_CHUNK, 0);
+/// Reads up to [`MAX_BODY_CHUNK`] bytes of the body. A body of announced
+/// length gets a buffer of that length plus one byte, room for the read
+/// that finds its end, so a small POST does not cost a 64 KiB buffer.
+fn read_prefix(
+    io: &mut dyn RequestIo,
+    body: &mut Body,
+    content_length: Option<u64>,
+) -> io::Result<()> {
+    let room = content_length
+        .and_then(|len| usize::try_from(len).ok())
+        .map_or(MAX_BODY_CHUNK, |len| {
+            len.saturating_add(1).min(MAX_BODY_CHUNK)
+        });
+    body.prefix.resize(room, 0);
     let mut filled = 0;
-    while filled < MAX_BODY_CHUNK {
+    while filled < room {
         let n = io.read_body(&mut body.prefix[filled..])?;
         if n == 0 {
             body.ended = true;
