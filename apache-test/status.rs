@@ -18,7 +18,8 @@ fn passenger_status(registry: &std::path::Path, args: &[&str]) -> Output {
         .expect("passenger-status runs")
 }
 
-fn pool_view(apache: &Apache) -> String {
+/// `passenger-status` of `apache`, its text pool view.
+pub(crate) fn pool_view(apache: &Apache) -> String {
     let out = passenger_status(&apache.dir.join("registry"), &[]);
     assert!(
         out.status.success(),

@@ -382,6 +382,9 @@ fn websockets_leave_a_single_threaded_process_free() {
             .all(|ws| ws.header("X-App-Pid") == Some(pid.as_str()))
     );
     assert_eq!(plain_pid(&apache), pid);
+    let status = crate::status::pool_view(&apache);
+    assert!(status.contains("Sessions: 0"), "{status}");
+    assert!(status.contains("    Streams: 3 ("), "{status}");
     for (i, ws) in sockets.iter_mut().enumerate() {
         ws.assert_echo(OP_TEXT, format!("socket {i} again").as_bytes());
     }

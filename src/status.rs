@@ -389,6 +389,12 @@ fn format_pool(doc: &Value, date: &str) -> String {
                 "    CPU: {cpu:<7} Memory  : {memory:<7} Last used: {} ago",
                 duration_text(p["idle_ms"].as_u64().unwrap_or(0))
             );
+            if let Some(streams) = p["streams"].as_u64().filter(|&n| n > 0) {
+                let _ = writeln!(
+                    out,
+                    "    Streams: {streams} (hijacked requests the app released; they keep it alive)"
+                );
+            }
         }
         let _ = writeln!(out);
     }
@@ -625,6 +631,9 @@ mod tests {
                 "processes": [{
                     "pid": 16915, "sessions": 1, "processed": 12, "detached": false,
                     "idle_ms": 2000, "uptime_ms": 62_000, "cpu_ms": 620, "rss_kib": 9 * 1024,
+                }, {
+                    "pid": 16916, "sessions": 0, "streams": 2, "processed": 3, "detached": false,
+                    "idle_ms": 1000, "uptime_ms": 62_000, "cpu_ms": 62, "rss_kib": 9 * 1024,
                 }],
             }],
         });
@@ -632,12 +641,14 @@ mod tests {
         for line in [
             "Max pool size : 6",
             "App groups    : 1",
-            "Processes     : 1",
+            "Processes     : 2",
             "/srv/app (production):",
             "  App root: /srv/app",
             "  Requests in queue: 2",
             "  * PID: 16915   Sessions: 1       Processed: 12      Uptime: 1m 2s",
             "    CPU: 1%      Memory  : 9M      Last used: 2s ago",
+            "  * PID: 16916   Sessions: 0       Processed: 3       Uptime: 1m 2s",
+            "    Streams: 2 (hijacked requests the app released; they keep it alive)",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

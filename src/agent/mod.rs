@@ -247,6 +247,7 @@ impl Agent {
                         })),
                         "concurrency": p.concurrency,
                         "sessions": p.sessions,
+                        "streams": p.streams,
                         "processed": p.processed,
                         "detached": p.detached,
                         "idle_ms": p.idle_for.as_millis() as u64,

@@ -10,6 +10,10 @@
 //!                    └─ wait in the group's queue; spawn if the limits allow
 //! Lease dropped      → checkin: session −= 1, connection kept for reuse,
 //!                      the next waiter (of any group) is served
+//! Release            → session −= 1, stream += 1: the process takes other
+//!                      requests; the stream keeps it alive until the
+//!                      lease is dropped (a hijacked request the app left
+//!                      to its own threads)
 //! ```
 //!
 //! Locking: one `parking_lot::Mutex` over all groups. Every critical
@@ -92,8 +96,8 @@ struct Process {
     concurrency: u32,
     /// Requests it is serving now.
     sessions: u32,
-    /// Requests the app released (see [`Lease::release`]) that still
-    /// stream: they keep the process alive, not busy.
+    /// Requests the app released (see [`Release`]) that still stream:
+    /// they keep the process alive, not busy.
     streams: u32,
     /// Connections ready for the next request.
     idle: Vec<AppConnection>,
@@ -249,7 +253,7 @@ pub struct Lease {
     /// How long the request waited in the queue for this slot.
     queued_for: Duration,
     /// The slot went back to the pool before the request ended (see
-    /// [`Lease::release`]).
+    /// [`Release`]).
     released: bool,
 }
 
@@ -1103,6 +1107,7 @@ impl Pool {
                         pid: p.handle.pid(),
                         concurrency: p.concurrency,
                         sessions: p.sessions,
+                        streams: p.streams,
                         processed: p.processed,
                         detached: p.detached,
                         idle_for: p.last_used.elapsed(),
@@ -1144,6 +1149,8 @@ pub struct ProcessSnapshot {
     pub concurrency: u32,
     /// Requests in progress.
     pub sessions: u32,
+    /// Requests the app released that still stream (see [`Release`]).
+    pub streams: u32,
     /// Requests served.
     pub processed: u64,
     /// Leaving the pool.
