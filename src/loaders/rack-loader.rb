@@ -1836,7 +1836,9 @@ module PassengerRackLoader
       end
     end
 
-    # Serves one REQUEST; returns the Hijack when it opened a tunnel.
+    # Serves one REQUEST; returns the Hijack when it goes on after the app
+    # returned, holding the connection: released (Hijack#release), or a
+    # tunnel that was not (the app closed its end before it returned).
     def handle_request(conn)
       rid = conn.rid
       rid4 = conn.rid_bytes
