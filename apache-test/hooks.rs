@@ -193,13 +193,11 @@ fn a_hanging_hook_script_shows_in_the_backtraces() {
         apache.error_log()
     );
     let backtraces = |user: &str| {
-        std::process::Command::new("runuser")
-            .args(["-u", user, "--", env!("CARGO_BIN_EXE_passenger-status")])
-            .arg("--show=backtraces")
-            .arg("--instance-registry-dir")
-            .arg(apache.dir.join("registry"))
-            .output()
-            .unwrap()
+        crate::status::passenger_status_as(
+            user,
+            &apache.dir.join("registry"),
+            &["--show=backtraces"],
+        )
     };
     let waiting = format!(
         "in 'run_single_hook_script' (src/agent/hooks.rs:{}) -- {}",

@@ -18,6 +18,17 @@ fn passenger_status(registry: &std::path::Path, args: &[&str]) -> Output {
         .expect("passenger-status runs")
 }
 
+/// `passenger-status` run as `user` (through `runuser`).
+pub(crate) fn passenger_status_as(user: &str, registry: &std::path::Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", env!("CARGO_BIN_EXE_passenger-status")])
+        .arg("--instance-registry-dir")
+        .arg(registry)
+        .args(args)
+        .output()
+        .expect("passenger-status runs")
+}
+
 /// `passenger-status` of `apache`, its text pool view.
 pub(crate) fn pool_view(apache: &Apache) -> String {
     let out = passenger_status(&apache.dir.join("registry"), &[]);
@@ -165,12 +176,7 @@ fn each_user_sees_only_the_apps_that_run_as_itself() {
     let apache = serve_app("wsgi", "", "");
     let pid = app_pid(&apache);
     let as_user = |user: &str| {
-        let out = Command::new("runuser")
-            .args(["-u", user, "--", env!("CARGO_BIN_EXE_passenger-status")])
-            .arg("--instance-registry-dir")
-            .arg(apache.dir.join("registry"))
-            .output()
-            .unwrap();
+        let out = passenger_status_as(user, &apache.dir.join("registry"), &[]);
         assert!(
             out.status.success(),
             "{user}: {}",

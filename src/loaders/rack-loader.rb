@@ -1199,15 +1199,17 @@ module PassengerRackLoader
   # second thread writes the agent's BODY frames to the app (its END becomes
   # shutdown(SHUT_WR)). Any other status is an ordinary response whose body
   # is relayed to its end (a long poll, a stream); the connection then
-  # carries the next request. On a request that is not an upgrade the app
-  # reads end of file from its end: the request body is rack.input's.
+  # carries the next request, unless the request was released (#release).
+  # On a request that is not an upgrade the app reads end of file from its
+  # end: the request body is rack.input's.
   #
   # Every request gets one, so that nothing is allocated here before the
   # app hijacks: the relay's queue, lock and sockets come with the hijack.
   #
-  # Threads: from the hijack on, the relay thread is the only writer of the
-  # frame connection and the downstream thread its only reader; the serving
-  # thread only waits. abort! shuts both sockets down, which wakes every
+  # Threads: from the hijack on, the relay thread writes the frame
+  # connection (the serving thread only its one RELEASE, under @last_lock)
+  # and the downstream thread is its only reader; the serving thread
+  # otherwise only waits. abort! shuts both sockets down, which wakes every
   # blocked read and write, so that every way out is prompt.
   class Hijack
     def initialize(conn, rid, rid4, env, rack2, upgrade)
@@ -2333,11 +2335,7 @@ module PassengerRackLoader
     ensure
       trap('TERM', 'IGNORE')
       trap('INT', 'IGNORE')
-      begin
-        listener.close
-      rescue IOError, SystemCallError
-        nil
-      end
+      close_quietly(listener)
       fire_each(:stopping_worker_process)
     end
     code
